@@ -1,0 +1,178 @@
+#!/usr/bin/env python3
+"""convnets command line: one subcommand per pipeline step.
+
+    python run_pipeline.py                      the main job: train the default recipe on Fashion-MNIST
+    python run_pipeline.py train [flags]        train, evaluate and save a run
+    python run_pipeline.py evaluate --run-dir RUN
+    python run_pipeline.py predict --run-dir RUN IMAGE_OR_FOLDER...
+    python run_pipeline.py models [PATTERN]     the zoo: parameters, GMACs, default input
+
+Parsing, validation and one call per subcommand live here; the work lives in `pipeline/`
+and `architectures/`. A `UserError` (bad input) prints one line to stderr and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+# Quiet TensorFlow's C++ start-up chatter before anything imports it.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+EXIT_USER_ERROR = 2
+
+
+def _import_tensorflow_quietly() -> None:
+    """Import TensorFlow and probe for GPUs with stderr closed at the file-descriptor level.
+
+    TF's C++ runtime prints absl/oneDNN/CUDA start-up lines that TF_CPP_MIN_LOG_LEVEL does
+    not silence; a one-line error from us must stay one line. Python-level errors raised
+    here still surface, since stderr is restored before they propagate.
+    """
+    saved_stderr = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow as tf
+
+        tf.config.list_physical_devices("GPU")
+    finally:
+        os.dup2(saved_stderr, 2)
+        os.close(devnull)
+        os.close(saved_stderr)
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a bad command line is a UserError like every other bad input."""
+
+    def error(self, message: str):
+        from architectures.errors import UserError
+
+        raise UserError(f"{message} (see '{self.prog} --help')")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _ArgumentParser(prog="run_pipeline.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--verbose", action="store_true", help="debug logging")
+    subcommands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_ArgumentParser)
+
+    train = subcommands.add_parser("train", help="train, evaluate and save a run (the default command)")
+    _add_train_arguments(train)
+
+    evaluate = subcommands.add_parser("evaluate", help="evaluate a run directory or a saved model on a test set")
+    evaluate.add_argument("--run-dir", required=True, help="a run directory (or a .keras model file)")
+    evaluate.add_argument("--dataset", help="evaluate on this dataset instead of the run's own")
+    evaluate.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default 256)")
+
+    predict = subcommands.add_parser("predict", help="top-k labels for image files or folders")
+    predict.add_argument("images", nargs="+", help="image files or folders of images")
+    predict.add_argument("--run-dir", required=True, help="a run directory")
+    predict.add_argument("--top-k", type=int, default=3, help="labels per image (default 3)")
+
+    models = subcommands.add_parser("models", help="list the zoo: parameters, GMACs, default input size")
+    models.add_argument("pattern", nargs="?", default="*", help="shell wildcard, e.g. 'resnet*' (default: all)")
+    models.add_argument("--num-classes", type=int, default=1000, help="classifier width (default 1000)")
+    return parser
+
+
+# Flags for the common knobs; anything else with --set section.key=value.
+TRAIN_FLAGS = {
+    "arch": ("model.arch", str, "architecture name (see 'models')"),
+    "dataset": ("data.dataset", str, "fashion_mnist, mnist, tfds:NAME, folder:PATH or idx:DIR"),
+    "epochs": ("train.epochs", int, "training epochs"),
+    "batch_size": ("train.batch_size", int, "global batch size, all replicas together"),
+    "image_size": ("data.image_size", int, "square input side in pixels"),
+    "strategy": ("distribute.strategy", str, "auto, default, one_device, mirrored or multi_worker"),
+    "output_dir": ("output_dir", str, "where run directories go (default runs/)"),
+    "run_name": ("run_name", str, "run directory name (default <dataset>-<arch>)"),
+    "seed": ("seed", int, "random seed"),
+}
+
+
+def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="a YAML recipe, e.g. configs/fashion_mnist_resnet20.yaml")
+    for name, (_, value_type, help_text) in TRAIN_FLAGS.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=value_type, help=help_text)
+    parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
+                        help="any config field, e.g. --set train.learning_rate=0.05 (repeatable)")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--resume", action="store_true", help="continue a completed run (e.g. with more epochs)")
+    group.add_argument("--overwrite", action="store_true", help="delete the run directory and start fresh")
+
+
+def _resolved_config(args: argparse.Namespace):
+    from pipeline.config import load_config, validate
+
+    overrides = {dotted: getattr(args, name, None) for name, (dotted, _, _) in TRAIN_FLAGS.items()}
+    config = load_config(args.config, overrides, args.assignments)
+    validate(config)
+    return config
+
+
+def _train(args: argparse.Namespace) -> int:
+    from pipeline.run import train_run
+    from pipeline.train import TrainingStopped
+
+    config = _resolved_config(args)
+    try:
+        summary = train_run(config, resume=args.resume, overwrite=args.overwrite)
+    except TrainingStopped as stopped:
+        print(f"stopped: {stopped}", file=sys.stderr)
+        return stopped.exit_code
+    for line in summary.lines():
+        print(line)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from pipeline.run import evaluate_run
+
+    print(evaluate_run(args.run_dir, dataset=args.dataset, batch_size=args.batch_size))
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from pipeline.run import predict_images
+
+    for path, labels in predict_images(args.run_dir, args.images, top_k=args.top_k):
+        print(f"{path}: " + ", ".join(f"{name} {probability:.3f}" for name, probability in labels))
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from architectures.zoo_table import print_zoo_table
+
+    print_zoo_table(args.pattern, num_classes=args.num_classes)
+    return 0
+
+
+COMMANDS = {"train": _train, "evaluate": _evaluate, "predict": _predict, "models": _models}
+
+
+def main(argv: list[str] | None = None) -> int:
+    _import_tensorflow_quietly()
+    from architectures.errors import UserError
+
+    try:
+        args = _build_parser().parse_args(argv)
+        logging.basicConfig(
+            level=logging.DEBUG if args.verbose else logging.INFO,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+            datefmt="%H:%M:%S",
+        )
+        logging.getLogger("absl").setLevel(logging.WARNING)  # checkpoint-sharding chatter
+        if args.command is None:  # the main job: the default recipe
+            args = _build_parser().parse_args(["train", *(argv or [])])
+        return COMMANDS[args.command](args)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

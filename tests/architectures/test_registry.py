@@ -1,0 +1,154 @@
+"""Every registered variant, checked the same way (timm's tests/test_models.py pattern):
+parameter count against the reference table, no auto-named layers, output shapes, a forward
+pass, multiply-adds; plus the registry's own behaviour."""
+
+import re
+
+import keras
+import numpy as np
+import pytest
+
+import architectures
+from architectures import registry
+from architectures.flops import count_macs
+from keras.src.utils.naming import to_snake_case
+from tests.architectures.reference_counts import GMACS, GMACS_TOLERANCE, PARAMS, SMALL_IMAGE_PARAMS
+
+ALL_NAMES = architectures.names()
+# Forward passes at the default size only where they are cheap on 2 CPU cores.
+CHEAP_AT_DEFAULT_GMACS = 2.0
+
+
+def trainable_parameters(model: keras.Model) -> int:
+    return sum(int(np.prod(weight.shape)) for weight in model.trainable_weights)
+
+
+def auto_named_layers(model: keras.Model) -> list[str]:
+    """Layers still carrying Keras's build-history names like `conv2d_17` or `add`."""
+    return [
+        layer.name
+        for layer in model.layers
+        if re.fullmatch(rf"{re.escape(to_snake_case(type(layer).__name__))}(_\d+)?", layer.name)
+    ]
+
+
+@pytest.fixture(autouse=True)
+def fresh_keras_session():
+    yield
+    keras.backend.clear_session()
+
+
+def test_every_lecture_variant_is_registered():
+    expected = set(PARAMS) | set(SMALL_IMAGE_PARAMS) | {"mlp", "allconv"}
+    assert expected <= set(ALL_NAMES), sorted(expected - set(ALL_NAMES))
+
+
+@pytest.mark.parametrize("name", ALL_NAMES)
+def test_variant_at_default_size(name):
+    """Builds at its default input: reference parameters, explicit layer names, 1000 outputs."""
+    variant = architectures.info(name)
+    model = architectures.build(name)
+    assert model.name == name
+    assert model.input_shape == (None, variant.default_size, variant.default_size, 3)
+    outputs = model.outputs
+    assert outputs[0].shape == (None, 1000)
+    assert auto_named_layers(model) == []
+    if name in PARAMS:
+        expected, tolerance, source = PARAMS[name]
+        assert trainable_parameters(model) == pytest.approx(expected, rel=tolerance, abs=0), source
+    macs = count_macs(model)
+    if name in GMACS:
+        assert macs / 1e9 == pytest.approx(GMACS[name], rel=GMACS_TOLERANCE)
+    if macs / 1e9 < CHEAP_AT_DEFAULT_GMACS:
+        image = np.random.default_rng(0).uniform(-1, 1, (1, *model.input_shape[1:])).astype("float32")
+        probabilities = np.asarray(model(image, training=False))
+        assert probabilities.shape == (1, 1000)
+        assert np.all(np.isfinite(probabilities))
+        np.testing.assert_allclose(probabilities.sum(axis=-1), 1.0, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ALL_NAMES)
+@pytest.mark.parametrize("input_shape", [(32, 32, 3), (28, 28, 1)])
+def test_variant_trains_on_small_images(name, input_shape):
+    """small_input adapts every family to 28-32 px; a tiny batch gives finite outputs and gradients."""
+    model = architectures.build(name, num_classes=10, input_shape=input_shape, small_input=True)
+    assert auto_named_layers(model) == []
+    images = np.random.default_rng(1).uniform(-1, 1, (2, *input_shape)).astype("float32")
+    outputs = model(images, training=False)
+    outputs = outputs[0] if isinstance(outputs, (list, tuple)) else outputs
+    assert outputs.shape == (2, 10)
+    assert np.all(np.isfinite(np.asarray(outputs)))
+
+
+@pytest.mark.parametrize("name", sorted(SMALL_IMAGE_PARAMS))
+def test_small_image_variant_parameters(name):
+    expected, tolerance, source = SMALL_IMAGE_PARAMS[name]
+    model = architectures.build(name, num_classes=10, input_shape=(32, 32, 3))
+    assert trainable_parameters(model) == pytest.approx(expected, rel=tolerance), source
+
+
+@pytest.mark.parametrize("name", ["resnet18", "densenet121", "mobilenet_v2"])
+def test_headless_model_pools_features(name):
+    pooled = architectures.build(name, include_top=False, pooling="avg", input_shape=(64, 64, 3))
+    unpooled = architectures.build(name, include_top=False, input_shape=(64, 64, 3))
+    assert len(pooled.output_shape) == 2
+    assert len(unpooled.output_shape) == 4
+    assert pooled.output_shape[-1] == unpooled.output_shape[-1]
+
+
+def test_names_filter_by_wildcard_in_natural_order():
+    assert architectures.names("resnet1*") == ["resnet18", "resnet101", "resnet110", "resnet152"]
+    assert architectures.names("resnext*") == ["resnext50_32x4d", "resnext101_32x8d"]
+    assert architectures.names("no_such_*") == []
+
+
+def test_info_gives_family_and_default_size():
+    variant = architectures.info("resnet50")
+    assert (variant.family, variant.default_size) == ("resnet", 224)
+    assert "small_input" in variant.options
+
+
+def test_unknown_architecture_suggests_close_names():
+    with pytest.raises(architectures.UserError, match=r"unknown architecture 'resnet5'.*resnet50"):
+        architectures.build("resnet5")
+
+
+def test_user_error_is_a_value_error():
+    assert issubclass(architectures.UserError, ValueError)
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        ({"num_classes": 0}, "num_classes must be a positive integer"),
+        ({"num_classes": 2.5}, "num_classes must be a positive integer"),
+        ({"pooling": "mean"}, "pooling must be one of"),
+        ({"input_shape": (16, 16, 3)}, r"at least 32x32 pixels, got 16x16; pass small_input=True"),
+        ({"input_shape": (64, 64)}, r"input_shape must be \(height, width, channels\)"),
+        ({"input_shape": "big"}, r"input_shape must be \(height, width, channels\)"),
+        ({"no_such_option": 1}, r"has no option 'no_such_option'; its options are: .*small_input"),
+        ({"weights": "missing.h5"}, "weights file not found: missing.h5"),
+        ({"weights": "weights.npz"}, "weights must be None or a .h5, .weights.h5 or .keras file"),
+    ],
+)
+def test_impossible_arguments_raise_user_error(arguments, message):
+    with pytest.raises(architectures.UserError, match=message):
+        architectures.build("resnet18", **arguments)
+
+
+def test_duplicate_variant_names_fail_at_registration():
+    with pytest.raises(RuntimeError, match="names taken by another family"):
+
+        @registry.register_family("copycat", {"resnet50": None}, default_size=224, reference="test")
+        def copycat_features(spec, images, *, small_input: bool = False):
+            return images
+
+    assert "copycat" not in registry.families()
+
+
+def test_family_without_small_input_option_is_refused():
+    with pytest.raises(RuntimeError, match="shared options"):
+
+        @registry.register_family("no_small_input", {"tiny_variant": None}, default_size=32, reference="test")
+        def no_small_input_features(spec, images):
+            return images

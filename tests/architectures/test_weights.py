@@ -1,0 +1,144 @@
+"""Loading keras.applications' legacy `.h5` weight files, and our own formats.
+
+Offline stand-in for the downloads: the real keras.applications model with every weight
+randomised (BatchNorm statistics and conv biases included), written in the legacy
+layer-name-keyed layout by Keras's own legacy writer. Our builder loads it and must give the
+same outputs within 1e-4.
+"""
+
+import h5py
+import keras
+import numpy as np
+import pytest
+from keras.src.legacy.saving import legacy_h5_format
+
+import architectures
+
+INPUT_SHAPE = (64, 64, 3)
+
+KERAS_APPLICATIONS = [
+    ("resnet50", lambda **kw: keras.applications.ResNet50(**kw)),
+    ("vgg16", lambda **kw: keras.applications.VGG16(**kw)),
+    ("densenet121", lambda **kw: keras.applications.DenseNet121(**kw)),
+    ("convnext_tiny", lambda **kw: keras.applications.ConvNeXtTiny(include_preprocessing=False, **kw)),
+    ("mobilenet_v2", lambda **kw: keras.applications.MobileNetV2(**kw)),
+    ("xception", lambda **kw: keras.applications.Xception(**kw)),
+]
+# Sizes each keras.applications model accepts and that keep the test light.
+TEST_SIZE = {"vgg16": (32, 32, 3), "mobilenet_v2": (96, 96, 3), "xception": (71, 71, 3)}
+
+
+@pytest.fixture(autouse=True)
+def fresh_keras_session():
+    yield
+    keras.backend.clear_session()
+
+
+def randomise(model: keras.Model, seed: int) -> None:
+    """Every weight random, scaled so activations stay O(1) through deep networks."""
+    rng = np.random.default_rng(seed)
+    for weight in model.weights:
+        shape, path = tuple(weight.shape), weight.path
+        if path.endswith("kernel"):
+            fan_in = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
+            if "depthwise" in path:
+                fan_in = int(np.prod(shape[:2]))
+            value = rng.normal(0.0, 1.0 / np.sqrt(max(fan_in, 1)), shape)
+        elif path.endswith(("gamma", "moving_variance")) or "layer_scale" in path:
+            value = rng.uniform(0.5, 1.5, shape)
+        else:  # biases, betas, moving means
+            value = rng.normal(0.0, 0.1, shape)
+        weight.assign(value.astype("float32"))
+
+
+def write_legacy_h5(model: keras.Model, path) -> None:
+    with h5py.File(path, "w") as weights_file:
+        legacy_h5_format.save_weights_to_hdf5_group(weights_file, model)
+
+
+@pytest.mark.parametrize("name, keras_builder", KERAS_APPLICATIONS, ids=[n for n, _ in KERAS_APPLICATIONS])
+def test_keras_applications_weights_give_identical_outputs(name, keras_builder, tmp_path):
+    input_shape = TEST_SIZE.get(name, INPUT_SHAPE)
+    reference = keras_builder(weights=None, input_shape=input_shape, classifier_activation=None)
+    randomise(reference, seed=0)
+    weights_path = tmp_path / f"{name}_keras_applications.h5"
+    write_legacy_h5(reference, weights_path)
+
+    ours = architectures.build(name, input_shape=input_shape, weights=str(weights_path), classifier_activation=None)
+    images = np.random.default_rng(1).uniform(-1, 1, (2, *input_shape)).astype("float32")
+    expected = np.asarray(reference(images, training=False))
+    logits = np.asarray(ours(images, training=False))
+    scale = max(1.0, float(np.abs(expected).max()))
+    np.testing.assert_allclose(logits, expected, atol=1e-4 * scale)
+    np.testing.assert_allclose(
+        keras.ops.softmax(logits / scale), keras.ops.softmax(expected / scale), atol=1e-4
+    )
+
+
+def test_resnet_weights_select_the_v1_layout_and_fold_conv_biases(tmp_path):
+    reference = keras.applications.ResNet50(weights=None, input_shape=INPUT_SHAPE)
+    randomise(reference, seed=3)
+    weights_path = tmp_path / "resnet50.h5"
+    write_legacy_h5(reference, weights_path)
+    ours = architectures.build("resnet50", input_shape=INPUT_SHAPE, weights=str(weights_path))
+    assert ours.get_layer("conv3_block1_1_conv").strides == (2, 2)  # v1: stride on the first 1x1
+    assert not ours.get_layer("conv3_block1_1_conv").use_bias
+    keras_bias = reference.get_layer("conv3_block1_1_conv").bias.numpy()
+    keras_mean = reference.get_layer("conv3_block1_1_bn").moving_mean.numpy()
+    np.testing.assert_allclose(ours.get_layer("conv3_block1_1_bn").moving_mean.numpy(), keras_mean - keras_bias, atol=1e-6)
+    with pytest.raises(architectures.UserError, match="trained with layout='v1'"):
+        architectures.build("resnet50", input_shape=INPUT_SHAPE, weights=str(weights_path), layout="v1.5")
+
+
+def test_headless_model_loads_backbone_from_full_file(tmp_path):
+    reference = keras.applications.DenseNet121(weights=None, input_shape=INPUT_SHAPE)
+    randomise(reference, seed=4)
+    weights_path = tmp_path / "densenet121.h5"
+    write_legacy_h5(reference, weights_path)
+    ours = architectures.build("densenet121", include_top=False, pooling="avg", input_shape=INPUT_SHAPE, weights=str(weights_path))
+    reference_features = keras.Model(reference.input, reference.get_layer("avg_pool").output)
+    images = np.random.default_rng(5).uniform(-1, 1, (2, *INPUT_SHAPE)).astype("float32")
+    np.testing.assert_allclose(np.asarray(ours(images)), np.asarray(reference_features(images)), atol=1e-4)
+
+
+def test_wrong_num_classes_names_the_layer(tmp_path):
+    reference = keras.applications.MobileNetV2(weights=None, input_shape=(96, 96, 3))
+    weights_path = tmp_path / "mobilenet_v2.h5"
+    write_legacy_h5(reference, weights_path)
+    with pytest.raises(architectures.UserError, match=r"layer 'predictions' has weights of shapes .*num_classes"):
+        architectures.build("mobilenet_v2", num_classes=10, input_shape=(96, 96, 3), weights=str(weights_path))
+
+
+def test_file_for_another_architecture_is_refused(tmp_path):
+    weights_path = tmp_path / "vgg16.h5"
+    write_legacy_h5(keras.applications.VGG16(weights=None, input_shape=(32, 32, 3)), weights_path)
+    with pytest.raises(architectures.UserError, match="has no weights for .* layer"):
+        architectures.build("resnet18", input_shape=(32, 32, 3), weights=str(weights_path))
+
+
+def test_not_an_hdf5_file_is_refused(tmp_path):
+    weights_path = tmp_path / "broken.h5"
+    weights_path.write_bytes(b"this is not HDF5")
+    with pytest.raises(architectures.UserError, match="is not an HDF5 weights file"):
+        architectures.build("resnet18", weights=str(weights_path))
+
+
+@pytest.mark.parametrize("suffix", [".weights.h5", ".keras"])
+def test_own_weight_files_round_trip(suffix, tmp_path):
+    model = architectures.build("resnet20", num_classes=10, input_shape=(28, 28, 1))
+    randomise(model, seed=6)
+    path = tmp_path / f"resnet20{suffix}"
+    if suffix == ".keras":
+        model.save(path)
+    else:
+        model.save_weights(path)
+    loaded = architectures.build("resnet20", num_classes=10, input_shape=(28, 28, 1), weights=str(path))
+    images = np.random.default_rng(7).uniform(size=(2, 28, 28, 1)).astype("float32")
+    np.testing.assert_allclose(np.asarray(loaded(images)), np.asarray(model(images)), atol=1e-6)
+
+
+def test_own_weights_of_another_shape_are_refused(tmp_path):
+    path = tmp_path / "resnet20.weights.h5"
+    architectures.build("resnet20", num_classes=10, input_shape=(28, 28, 1)).save_weights(path)
+    with pytest.raises(architectures.UserError, match="cannot load"):
+        architectures.build("resnet20", num_classes=7, input_shape=(28, 28, 1), weights=str(path))
