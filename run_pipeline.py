@@ -3,6 +3,7 @@
 
     python run_pipeline.py                      the main job: train the default recipe on Fashion-MNIST
     python run_pipeline.py train [flags]        train, evaluate and save a run
+    python run_pipeline.py launch --workers N [train flags]   multi-worker training on this machine
     python run_pipeline.py evaluate --run-dir RUN
     python run_pipeline.py predict --run-dir RUN IMAGE_OR_FOLDER...
     python run_pipeline.py models [PATTERN]     the zoo: parameters, GMACs, default input
@@ -38,6 +39,7 @@ def _import_tensorflow_quietly() -> None:
         import tensorflow as tf
 
         tf.config.list_physical_devices("GPU")
+        tf.get_logger().handlers.clear()  # log through our handler only, not twice
     finally:
         os.dup2(saved_stderr, 2)
         os.close(devnull)
@@ -70,6 +72,10 @@ def _build_parser() -> argparse.ArgumentParser:
     predict.add_argument("images", nargs="+", help="image files or folders of images")
     predict.add_argument("--run-dir", required=True, help="a run directory")
     predict.add_argument("--top-k", type=int, default=3, help="labels per image (default 3)")
+
+    launch = subcommands.add_parser("launch", help="multi-worker training on this machine: N workers on loopback")
+    launch.add_argument("--workers", type=int, required=True, help="number of worker processes")
+    _add_train_arguments(launch)
 
     models = subcommands.add_parser("models", help="list the zoo: parameters, GMACs, default input size")
     models.add_argument("pattern", nargs="?", default="*", help="shell wildcard, e.g. 'resnet*' (default: all)")
@@ -126,6 +132,18 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _launch(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from pipeline.launch import launch
+
+    config = _resolved_config(args)  # fail here, once, rather than in every worker
+    train_arguments = [argument for argument in sys.argv[1:] if argument != "launch"]
+    workers_at = train_arguments.index("--workers")
+    del train_arguments[workers_at : workers_at + 2]
+    return launch(args.workers, train_arguments, config.run_dir, Path(__file__).resolve())
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from pipeline.run import evaluate_run
 
@@ -148,13 +166,16 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": _train, "evaluate": _evaluate, "predict": _predict, "models": _models}
+COMMANDS = {"train": _train, "launch": _launch, "evaluate": _evaluate, "predict": _predict, "models": _models}
 
 
 def main(argv: list[str] | None = None) -> int:
     _import_tensorflow_quietly()
     from architectures.errors import UserError
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--verbose")):
+        argv = ["train", *argv]  # the main job: train with the default recipe (and any train flags)
     try:
         args = _build_parser().parse_args(argv)
         logging.basicConfig(
@@ -162,9 +183,10 @@ def main(argv: list[str] | None = None) -> int:
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
             datefmt="%H:%M:%S",
         )
-        logging.getLogger("absl").setLevel(logging.WARNING)  # checkpoint-sharding chatter
-        if args.command is None:  # the main job: the default recipe
-            args = _build_parser().parse_args(["train", *(argv or [])])
+        for chatty in ("absl", "tensorflow"):  # checkpoint-sharding and strategy-creation chatter
+            logging.getLogger(chatty).setLevel(logging.WARNING)
+        if args.command is None:  # only --verbose was given
+            args = _build_parser().parse_args([*argv, "train"])
         return COMMANDS[args.command](args)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)

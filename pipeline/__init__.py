@@ -1,0 +1,1 @@
+"""The training pipeline: data, augmentation, strategy, training, checkpoints, evaluation, export."""

@@ -1,0 +1,444 @@
+"""One function per CLI subcommand: a training run, an evaluation, a prediction.
+
+A run directory (`<output_dir>/<run_name>`) holds, in the order they appear:
+    config.yaml          the resolved config (first file written)
+    backup/              atomic backups for resume (tf.train.Checkpoint)
+    logs/                TensorBoard scalars per epoch
+    history.csv          per-epoch metrics
+    best.weights.h5      the best epoch by validation accuracy
+    model.keras          the final model (best epoch; EMA weights when enabled), raw pixels in
+    labels.txt           class names, one per line
+    metrics.json         final test evaluation (written last: its presence marks a completed run)
+    learning_curves.png, confusion_matrix.png, misclassified.png
+Only the chief writes here; other workers write to a temporary directory they delete.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from architectures.errors import UserError
+from pipeline import augment, data, evaluate
+from pipeline.checkpoints import BEST_WEIGHTS, BackupManager, save_best_weights
+from pipeline.config import RunConfig, from_yaml_file, to_dict, to_yaml
+from pipeline.strategy import describe as describe_strategy
+from pipeline.strategy import is_chief, make_strategy, strategy_name
+from pipeline.train import (
+    EpochRecord,
+    LoopState,
+    Trainer,
+    build_training_model,
+    make_optimizer,
+    progress_wanted,
+    resolve_precision,
+)
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE, METRICS_FILE, MODEL_FILE, LABELS_FILE, HISTORY_FILE = (
+    "config.yaml", "metrics.json", "model.keras", "labels.txt", "history.csv",
+)
+PREDICTION_BATCH = 256  # images per forward pass when collecting test-set probabilities
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    run_dir: Path
+    test_accuracy: float
+    test_top5_accuracy: float
+    epochs: int
+    train_seconds: float
+    total_seconds: float
+    images_per_second: float
+    already_completed: bool = False
+
+    def lines(self) -> list[str]:
+        status = "already completed (use --overwrite to retrain, --resume to continue)" if self.already_completed else "done"
+        return [
+            f"run {status}: {self.run_dir}",
+            f"test accuracy {self.test_accuracy:.2%} (top-5 {self.test_top5_accuracy:.2%}) after {self.epochs} epochs",
+            f"training {self.train_seconds:.0f} s at {self.images_per_second:,.0f} images/s; "
+            f"wall time {self.total_seconds:.0f} s",
+        ]
+
+
+# ----------------------------------------------------------------------------- train
+
+
+def train_run(config: RunConfig, *, resume: bool = False, overwrite: bool = False) -> RunSummary:
+    """Train, evaluate and save one run; resumes an interrupted run in the same directory."""
+    started = time.perf_counter()
+    strategy = make_strategy(config.distribute.strategy, config.distribute.cpu_replicas)
+    chief = is_chief(strategy)
+    replicas = strategy.num_replicas_in_sync
+    if config.train.batch_size % replicas:
+        raise UserError(
+            f"train.batch_size {config.train.batch_size} is not divisible by the {replicas} replicas; "
+            f"use a multiple of {replicas}"
+        )
+    run_dir = config.run_dir
+    completed = _prepare_run_dir(run_dir, config, resume=resume, overwrite=overwrite, chief=chief)
+    if completed is not None:
+        return completed
+    work_dir = run_dir if chief else Path(tempfile.mkdtemp(prefix="convnets-worker-"))
+    try:
+        return _train_in(config, strategy, run_dir, work_dir, chief, started)
+    finally:
+        if not chief:
+            shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def _prepare_run_dir(run_dir: Path, config: RunConfig, *, resume: bool, overwrite: bool, chief: bool) -> RunSummary | None:
+    """Decide fresh / resume / already done. Returns a summary if the run is already done.
+
+    Nothing is written here: config.yaml comes once the data and model are ready, so a bad
+    dataset or option leaves no half-made run directory behind.
+    """
+    saved_config = run_dir / CONFIG_FILE
+    if overwrite and run_dir.exists() and chief:
+        logger.info("--overwrite: removing %s", run_dir)
+        shutil.rmtree(run_dir)
+    if (run_dir / METRICS_FILE).exists() and not resume:
+        return _completed_summary(run_dir)
+    if saved_config.exists():
+        previous = from_yaml_file(saved_config)
+        differences = _config_differences(previous, config, ignore=("train.epochs",) if resume else ())
+        if differences:
+            raise UserError(
+                f"{run_dir} holds a run with a different config ({differences[0]}); "
+                "use --overwrite to replace it or --run-name for a new run"
+            )
+        if resume and (run_dir / METRICS_FILE).exists() and chief:
+            (run_dir / METRICS_FILE).unlink()  # continuing: the run is no longer complete
+    return None
+
+
+def _config_differences(old: RunConfig, new: RunConfig, ignore: tuple[str, ...]) -> list[str]:
+    def flatten(tree, prefix=""):
+        for key, value in tree.items():
+            if isinstance(value, dict) and key != "options":
+                yield from flatten(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}", value
+
+    old_values, new_values = dict(flatten(to_dict(old))), dict(flatten(to_dict(new)))
+    return [
+        f"{key}: {old_values.get(key)!r} then, {new_values.get(key)!r} now"
+        for key in new_values
+        if key not in ignore and old_values.get(key) != new_values.get(key)
+    ]
+
+
+def _completed_summary(run_dir: Path) -> RunSummary:
+    metrics = json.loads((run_dir / METRICS_FILE).read_text())
+    run = metrics.get("run", {})
+    return RunSummary(
+        run_dir=run_dir,
+        test_accuracy=metrics["top1_accuracy"],
+        test_top5_accuracy=metrics["top5_accuracy"],
+        epochs=run.get("epochs", 0),
+        train_seconds=run.get("train_seconds", 0.0),
+        total_seconds=0.0,
+        images_per_second=run.get("images_per_second", 0.0),
+        already_completed=True,
+    )
+
+
+def _train_in(config: RunConfig, strategy, run_dir: Path, work_dir: Path, chief: bool, started: float) -> RunSummary:
+    keras.utils.set_random_seed(config.seed)
+    if config.data.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    precision = resolve_precision(config.train.precision)
+    keras.mixed_precision.set_global_policy(precision)
+    logger.info("precision: %s%s", precision, " (auto)" if config.train.precision == "auto" else "")
+
+    splits = data.load_splits(config.data, config.seed)
+    channel_mean, channel_std = data.channel_statistics(splits.train)
+    global_batch = config.train.batch_size
+    steps_per_epoch = splits.num_examples["train"] // global_batch
+    if steps_per_epoch < 1:
+        raise UserError(
+            f"train.batch_size {global_batch} is larger than the {splits.num_examples['train']} training images"
+        )
+    num_classes = len(splits.class_names)
+    logger.info("strategy: %s", describe_strategy(strategy, global_batch))
+    augmenter = augment.build_augmenter(
+        config.augment, image_shape=splits.image_shape, num_classes=num_classes, seed=config.seed
+    )
+    logger.info("augmentation: %s", augment.describe(config.augment))
+
+    with strategy.scope():
+        model = build_training_model(
+            config.model,
+            image_shape=splits.image_shape,
+            num_classes=num_classes,
+            channel_mean=channel_mean,
+            channel_std=channel_std,
+        )
+        optimizer = make_optimizer(config.train, steps_per_epoch)
+        optimizer.build(model.trainable_variables)
+    # Outside the scope: the loop position and history are plain host variables (a string
+    # cannot be a collective-broadcast variable under MultiWorkerMirroredStrategy).
+    backups = BackupManager(run_dir, model, optimizer, chief=chief)
+    logger.info(
+        "model: %s, %s trainable parameters, %d steps/epoch x %d epochs",
+        config.model.arch, f"{sum(int(np.prod(w.shape)) for w in model.trainable_weights):,}",
+        steps_per_epoch, config.train.epochs,
+    )
+    if chief:
+        work_dir.mkdir(parents=True, exist_ok=True)
+        _write_text_atomically(work_dir / CONFIG_FILE, to_yaml(config))
+    state = backups.restore() or LoopState()
+
+    trainer = Trainer(
+        model=model,
+        optimizer=optimizer,
+        strategy=strategy,
+        config=config.train,
+        num_classes=num_classes,
+        steps_per_epoch=steps_per_epoch,
+        global_batch_size=global_batch,
+        sync_batch_norm=config.distribute.sync_batch_norm,
+        show_progress=chief and progress_wanted(),
+    )
+    summary_writer = tf.summary.create_file_writer(str(work_dir / "logs"))
+
+    def train_dataset_fn(epoch: int, skip_batches: int, input_context) -> tf.data.Dataset:
+        # A fresh seed per epoch makes epoch k's order reproducible after a resume.
+        pipeline = data.train_pipeline(
+            splits.train,
+            config.data,
+            global_batch_size=global_batch,
+            seed=config.seed * 1_000 + epoch,
+            augment=augmenter,
+            num_classes=num_classes,
+            input_context=input_context,
+        )
+        return pipeline.skip(skip_batches) if skip_batches else pipeline
+
+    def on_epoch_end(record: EpochRecord, is_best: bool) -> None:
+        logger.info(
+            "epoch %d/%d: loss %.4f acc %.4f | val_loss %.4f val_acc %.4f | lr %.4g | %.0f s, %.0f img/s%s",
+            record.epoch, config.train.epochs, record.loss, record.accuracy, record.val_loss,
+            record.val_accuracy, record.learning_rate, record.seconds, record.images_per_second,
+            " (best)" if is_best else "",
+        )
+        with summary_writer.as_default(step=record.epoch):
+            for name in ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "images_per_second"):
+                tf.summary.scalar(name, getattr(record, name))
+        if is_best:
+            with trainer.ema_weights():
+                if chief:
+                    save_best_weights(model, work_dir)
+
+    def on_backup(current: LoopState) -> None:
+        backups.save(current)
+        if chief:
+            _write_history_csv(work_dir / HISTORY_FILE, current.history)
+
+    train_started = time.perf_counter()
+    state = trainer.fit(
+        state=state, train_dataset_fn=train_dataset_fn, validation=splits.validation,
+        on_backup=on_backup, on_epoch_end=on_epoch_end,
+    )
+    train_seconds = time.perf_counter() - train_started
+    summary_writer.close()
+    if chief and (work_dir / BEST_WEIGHTS).exists():
+        model.load_weights(work_dir / BEST_WEIGHTS)
+    elif config.train.ema_decay:
+        getattr(optimizer, "inner_optimizer", optimizer).finalize_variable_values(model.trainable_variables)
+
+    logger.info("final weights fingerprint %s (worker %s)", weights_fingerprint(model), "chief" if chief else "non-chief")
+    images_per_second = float(np.median([r.images_per_second for r in state.history])) if state.history else 0.0
+    run_facts = {
+        "arch": config.model.arch,
+        "dataset": config.data.dataset,
+        "epochs": len(state.history),
+        "train_seconds": round(sum(r.seconds for r in state.history), 1),
+        "images_per_second": round(images_per_second, 1),
+        "replicas": strategy.num_replicas_in_sync,
+        "strategy": strategy_name(strategy),
+        "best_val_accuracy": max((r.val_accuracy for r in state.history), default=None),
+    }
+    if not chief:
+        return RunSummary(run_dir, float("nan"), float("nan"), len(state.history), train_seconds,
+                          time.perf_counter() - started, images_per_second)
+
+    report, test_images, probabilities, test_labels = _evaluate_model(model, splits)
+    _save_model(model, run_dir)
+    _write_text_atomically(run_dir / LABELS_FILE, "\n".join(splits.class_names) + "\n")
+    evaluate.plot_learning_curves(run_dir / HISTORY_FILE, run_dir / "learning_curves.png")
+    evaluate.plot_confusion_matrix(report, run_dir / "confusion_matrix.png")
+    evaluate.plot_misclassified(test_images, test_labels, probabilities, splits.class_names, run_dir / "misclassified.png")
+    run_facts["total_seconds"] = round(time.perf_counter() - started, 1)
+    evaluate.write_metrics_json(run_dir / METRICS_FILE, report, extra={"run": run_facts, "data": {"source": splits.source, "skipped": splits.skipped}})
+    print(evaluate.format_summary(report), flush=True)
+    return RunSummary(
+        run_dir=run_dir,
+        test_accuracy=report.top1_accuracy,
+        test_top5_accuracy=report.top5_accuracy,
+        epochs=len(state.history),
+        train_seconds=run_facts["train_seconds"],
+        total_seconds=time.perf_counter() - started,
+        images_per_second=images_per_second,
+    )
+
+
+def weights_fingerprint(model: keras.Model) -> str:
+    """SHA-256 of every weight's bytes in model order: equal only for bit-identical models."""
+    digest = hashlib.sha256()
+    for weight in model.weights:
+        digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(weight)).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _evaluate_model(model: keras.Model, splits) -> tuple:
+    """Probabilities for every test image (one pass, in order) and the report."""
+    images, labels = _collect(splits.test)
+    probabilities = predict_probabilities(model, images)
+    return evaluate.classification_report(labels, probabilities, splits.class_names), images, probabilities, labels
+
+
+def _collect(dataset: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
+    images, labels = [], []
+    for image_batch, label_batch in dataset.batch(1024):
+        images.append(image_batch.numpy())
+        labels.append(label_batch.numpy())
+    return np.concatenate(images), np.concatenate(labels).astype(np.int64)
+
+
+def predict_probabilities(model: keras.Model, images: np.ndarray) -> np.ndarray:
+    forward = tf.function(lambda batch: model(batch, training=False))
+    outputs = [
+        forward(tf.convert_to_tensor(images[start : start + PREDICTION_BATCH], tf.float32)).numpy()
+        for start in range(0, len(images), PREDICTION_BATCH)
+    ]
+    return np.concatenate(outputs)
+
+
+def _save_model(model: keras.Model, run_dir: Path) -> None:
+    temporary = run_dir / f".tmp-{os.getpid()}-{MODEL_FILE}"
+    model.save(temporary)
+    os.replace(temporary, run_dir / MODEL_FILE)
+
+
+def _write_history_csv(path: Path, history: list[EpochRecord]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=[f.name for f in fields(EpochRecord)])
+    writer.writeheader()
+    for record in history:  # Keras CSVLogger's convention: 0-based "epoch"
+        writer.writerow({**asdict(record), "epoch": record.epoch - 1})
+    _write_text_atomically(path, buffer.getvalue())
+
+
+def _write_text_atomically(path: Path, text: str) -> None:
+    temporary = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+# ----------------------------------------------------------------------------- evaluate, predict
+
+
+def load_run_model(path: str | Path) -> tuple[keras.Model, tuple[str, ...], Path | None]:
+    """A run directory's (or a bare .keras file's) model, class names and run directory."""
+    import architectures  # noqa: F401  (registers the zoo's custom layers for deserialisation)
+
+    path = Path(path)
+    run_dir = path if path.is_dir() else None
+    model_path = path / MODEL_FILE if run_dir else path
+    if not model_path.is_file() or model_path.suffix != ".keras":
+        raise UserError(f"no trained model at {path} (expected a run directory with {MODEL_FILE}, or a .keras file)")
+    model = keras.models.load_model(model_path)
+    labels_path = model_path.with_name(LABELS_FILE)
+    num_classes = int(model.output_shape[-1])
+    if labels_path.is_file():
+        class_names = tuple(line for line in labels_path.read_text().splitlines() if line)
+    else:
+        class_names = tuple(str(index) for index in range(num_classes))
+    if len(class_names) != num_classes:
+        raise UserError(f"{labels_path} lists {len(class_names)} classes but the model predicts {num_classes}")
+    return model, class_names, run_dir
+
+
+def evaluate_run(path: str | Path, *, dataset: str | None = None, batch_size: int = 256) -> str:
+    """Evaluate a run's model on its test split (or on `dataset`'s); writes evaluation.json beside it."""
+    import dataclasses
+
+    model, class_names, run_dir = load_run_model(path)
+    if run_dir is not None and (run_dir / CONFIG_FILE).is_file():
+        data_config = from_yaml_file(run_dir / CONFIG_FILE).data
+    elif dataset is None:
+        raise UserError(f"{path} is a bare model: say which data to evaluate on with --dataset")
+    else:
+        from pipeline.config import DataConfig
+
+        data_config = DataConfig()
+    height, width, channels = model.input_shape[1:]
+    data_config = dataclasses.replace(
+        data_config, dataset=dataset or data_config.dataset, image_size=height, channels=channels
+    )
+    splits = data.load_splits(data_config, seed=0)
+    if len(splits.class_names) != len(class_names):
+        raise UserError(f"{data_config.dataset} has {len(splits.class_names)} classes; the model predicts {len(class_names)}")
+    images, labels = _collect(splits.test)
+    probabilities = predict_probabilities(model, images)
+    report = evaluate.classification_report(labels, probabilities, class_names)
+    destination = (run_dir or Path(path).parent) / "evaluation.json"
+    evaluate.write_metrics_json(destination, report, extra={"evaluated": {"dataset": data_config.dataset, "source": splits.source}})
+    return evaluate.format_summary(report) + f"\nwritten to {destination}"
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+
+
+def predict_images(path: str | Path, inputs: list[str], *, top_k: int = 3) -> list[tuple[str, list[tuple[str, float]]]]:
+    """Top-k (class name, probability) for each readable image among files and folders."""
+    from PIL import Image, UnidentifiedImageError
+
+    if top_k < 1:
+        raise UserError(f"--top-k must be >= 1, got {top_k}")
+    model, class_names, _ = load_run_model(path)
+    height, width, channels = model.input_shape[1:]
+    files: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            files += sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise UserError(f"no such image file or folder: {item}")
+    pixels, readable = [], []
+    for file in files:
+        try:
+            with Image.open(file) as image:
+                image = image.convert("L" if channels == 1 else "RGB").resize((width, height), Image.BILINEAR)
+                array = np.asarray(image, dtype=np.uint8)
+        except (UnidentifiedImageError, OSError, ValueError) as error:
+            logger.warning("skipped %s: %s", file, str(error).splitlines()[0] if str(error) else "unreadable")
+            continue
+        pixels.append(array.reshape(height, width, channels))
+        readable.append(str(file))
+    if not pixels:
+        raise UserError(f"none of {len(files)} file(s) could be read as an image")
+    probabilities = predict_probabilities(model, np.stack(pixels).astype(np.float32))
+    k = min(top_k, len(class_names))
+    results = []
+    for file, row in zip(readable, probabilities):
+        best = np.argsort(-row, kind="stable")[:k]
+        results.append((file, [(class_names[index], float(row[index])) for index in best]))
+    return results

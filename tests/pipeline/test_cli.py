@@ -1,0 +1,45 @@
+"""The command line's contract for bad input: one line on stderr, exit code 2, no traceback,
+nothing written; and the `models` table."""
+
+import pytest
+
+from tests.cli import run_cli
+
+
+def assert_one_line_user_error(result, message: str) -> None:
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ") and message in lines[0], lines[0]
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["train", "--arch", "resnet5"], "unknown architecture 'resnet5'; close matches:"),
+        (["train", "--set", "train.epoch=3"], "did you mean 'epochs'"),
+        (["train", "--epochs", "many"], "argument --epochs: invalid int value"),
+        (["train", "--arch", "resnet18", "--image-size", "16", "--set", "model.small_input=false"], "too small for resnet18"),
+        (["train", "--dataset", "folder:/no/such/folder"], "/no/such/folder"),
+        (["train", "--config", "no_such_recipe.yaml"], "config file not found"),
+        (["train", "--strategy", "mirrored", "--batch-size", "63"], "not divisible by the 2 replicas"),
+        (["--bogus-flag"], "unrecognized arguments: --bogus-flag"),
+        (["evaluate", "--run-dir", "no/such/run"], "no trained model at no/such/run"),
+        (["predict", "--run-dir", "no/such/run", "image.png"], "no trained model at no/such/run"),
+        (["models", "nothing_like_this*"], "no architecture matches"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(arguments, message, tmp_path):
+    result = run_cli(*arguments, "--output-dir", str(tmp_path / "runs")) if arguments[0] == "train" else run_cli(*arguments, cwd=tmp_path)
+    assert_one_line_user_error(result, message)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_models_table_lists_parameters_and_gmacs():
+    result = run_cli("models", "resnet1*")
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()[2:]}
+    assert list(rows) == ["resnet18", "resnet101", "resnet110", "resnet152"]
+    assert rows["resnet18"][1:] == ["resnet", "11,689,512", "1.814", "224x224x3"]
+    assert rows["resnet110"][1] == "small_image"
