@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """convnets command line: one subcommand per pipeline step.
 
-    python run_pipeline.py                      the main job: train the default recipe on Fashion-MNIST
+    python run_pipeline.py                      the main job: train the default recipe on Fashion-MNIST, export it
     python run_pipeline.py train [flags]        train, evaluate and save a run
     python run_pipeline.py launch --workers N [train flags]   multi-worker training on this machine
     python run_pipeline.py evaluate --run-dir RUN
-    python run_pipeline.py predict --run-dir RUN IMAGE_OR_FOLDER...
+    python run_pipeline.py predict --run-dir RUN IMAGE_OR_FOLDER...   (or --server URL --model-name NAME)
+    python run_pipeline.py export --run-dir RUN [--formats saved_model,tflite] [--quantize none,int8]
     python run_pipeline.py models [PATTERN]     the zoo: parameters, GMACs, default input
 
 Parsing, validation and one call per subcommand live here; the work lives in `pipeline/`
@@ -18,6 +19,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 
 # Quiet TensorFlow's C++ start-up chatter before anything imports it.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -70,8 +72,15 @@ def _build_parser() -> argparse.ArgumentParser:
 
     predict = subcommands.add_parser("predict", help="top-k labels for image files or folders")
     predict.add_argument("images", nargs="+", help="image files or folders of images")
-    predict.add_argument("--run-dir", required=True, help="a run directory")
+    source = predict.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run-dir", help="a run directory (predict locally)")
+    source.add_argument("--server", help="a TF Serving URL: http://host:8501 (REST) or grpc://host:8500")
+    predict.add_argument("--model-name", help="the served model's name (with --server)")
     predict.add_argument("--top-k", type=int, default=3, help="labels per image (default 3)")
+
+    export = subcommands.add_parser("export", help="SavedModel for TF Serving, TFLite for phones, with a report")
+    export.add_argument("--run-dir", required=True, help="a completed run directory")
+    _add_export_arguments(export)
 
     launch = subcommands.add_parser("launch", help="multi-worker training on this machine: N workers on loopback")
     launch.add_argument("--workers", type=int, required=True, help="number of worker processes")
@@ -97,6 +106,21 @@ TRAIN_FLAGS = {
 }
 
 
+def _comma_list(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--formats", type=_comma_list, default=["saved_model", "tflite"],
+                        help="comma-separated: saved_model, tflite, onnx (default saved_model,tflite)")
+    parser.add_argument("--quantize", type=_comma_list, default=["none", "int8"],
+                        help="TFLite variants, comma-separated: none, float16, dynamic, int8 (default none,int8)")
+    parser.add_argument("--model-name", help="served model name (default: the run directory's name)")
+    parser.add_argument("--version", type=int, help="version number (default: the next free one)")
+    parser.add_argument("--export-dir", help="where exports go (default: <run-dir>/export)")
+    parser.add_argument("--max-eval-examples", type=int, help="test images each artefact is measured on (default: all)")
+
+
 def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="a YAML recipe, e.g. configs/fashion_mnist_resnet20.yaml")
     for name, (_, value_type, help_text) in TRAIN_FLAGS.items():
@@ -106,6 +130,7 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--resume", action="store_true", help="continue a completed run (e.g. with more epochs)")
     group.add_argument("--overwrite", action="store_true", help="delete the run directory and start fresh")
+    parser.add_argument("--export", action="store_true", help="export the run when training ends (as 'export' does)")
 
 
 def _resolved_config(args: argparse.Namespace):
@@ -121,6 +146,7 @@ def _train(args: argparse.Namespace) -> int:
     from pipeline.run import train_run
     from pipeline.train import TrainingStopped
 
+    started = time.perf_counter()
     config = _resolved_config(args)
     try:
         summary = train_run(config, resume=args.resume, overwrite=args.overwrite)
@@ -129,6 +155,29 @@ def _train(args: argparse.Namespace) -> int:
         return stopped.exit_code
     for line in summary.lines():
         print(line)
+    if args.export and not summary.already_completed and summary.is_chief:
+        _print_export(summary.run_dir, args)
+        print(f"total wall time {time.perf_counter() - started:.0f} s (data, training, evaluation, export)")
+    return 0
+
+
+def _print_export(run_dir, args: argparse.Namespace) -> None:
+    from pipeline.export import export_run
+
+    report = export_run(
+        run_dir,
+        formats=getattr(args, "formats", ["saved_model", "tflite"]),
+        quantize=getattr(args, "quantize", ["none", "int8"]),
+        model_name=getattr(args, "model_name", None),
+        version=getattr(args, "version", None),
+        export_dir=getattr(args, "export_dir", None),
+        max_eval_examples=getattr(args, "max_eval_examples", None),
+    )
+    print(report.table())
+
+
+def _export(args: argparse.Namespace) -> int:
+    _print_export(args.run_dir, args)
     return 0
 
 
@@ -152,9 +201,19 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from pipeline.run import predict_images
+    from architectures.errors import UserError
 
-    for path, labels in predict_images(args.run_dir, args.images, top_k=args.top_k):
+    if args.server:
+        from pipeline.serving_client import predict_with_server
+
+        if not args.model_name:
+            raise UserError("--server needs --model-name (the name TF Serving serves the model under)")
+        predictions = predict_with_server(args.server, args.images, model_name=args.model_name, top_k=args.top_k)
+    else:
+        from pipeline.run import predict_images
+
+        predictions = predict_images(args.run_dir, args.images, top_k=args.top_k)
+    for path, labels in predictions:
         print(f"{path}: " + ", ".join(f"{name} {probability:.3f}" for name, probability in labels))
     return 0
 
@@ -166,7 +225,14 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": _train, "launch": _launch, "evaluate": _evaluate, "predict": _predict, "models": _models}
+COMMANDS = {
+    "train": _train,
+    "launch": _launch,
+    "evaluate": _evaluate,
+    "predict": _predict,
+    "export": _export,
+    "models": _models,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--verbose")):
-        argv = ["train", *argv]  # the main job: train with the default recipe (and any train flags)
+        argv = ["train", "--export", *argv]  # the main job: train the default recipe, then export it
     try:
         args = _build_parser().parse_args(argv)
         logging.basicConfig(

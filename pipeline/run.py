@@ -65,8 +65,11 @@ class RunSummary:
     total_seconds: float
     images_per_second: float
     already_completed: bool = False
+    is_chief: bool = True
 
     def lines(self) -> list[str]:
+        if not self.is_chief:
+            return [f"worker done after {self.epochs} epochs; the chief writes {self.run_dir}"]
         status = "already completed (use --overwrite to retrain, --resume to continue)" if self.already_completed else "done"
         return [
             f"run {status}: {self.run_dir}",
@@ -276,7 +279,7 @@ def _train_in(config: RunConfig, strategy, run_dir: Path, work_dir: Path, chief:
     }
     if not chief:
         return RunSummary(run_dir, float("nan"), float("nan"), len(state.history), train_seconds,
-                          time.perf_counter() - started, images_per_second)
+                          time.perf_counter() - started, images_per_second, is_chief=False)
 
     report, test_images, probabilities, test_labels = _evaluate_model(model, splits)
     _save_model(model, run_dir)

@@ -28,6 +28,9 @@ def assert_one_line_user_error(result, message: str) -> None:
         (["evaluate", "--run-dir", "no/such/run"], "no trained model at no/such/run"),
         (["predict", "--run-dir", "no/such/run", "image.png"], "no trained model at no/such/run"),
         (["models", "nothing_like_this*"], "no architecture matches"),
+        (["export", "--run-dir", "no/such/run"], "run directory not found: no/such/run"),
+        (["predict", "--server", "http://127.0.0.1:9", "image.png"], "--server needs --model-name"),
+        (["predict", "image.png"], "one of the arguments --run-dir --server is required"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(arguments, message, tmp_path):

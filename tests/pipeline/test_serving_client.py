@@ -1,0 +1,218 @@
+"""The TF Serving client against stand-in servers on 127.0.0.1 that run a real exported
+SavedModel: a stdlib HTTP server implementing TF Serving's REST `:predict` (row format,
+{"b64": ...} binary strings) and a `grpc.server` implementing `PredictionService.Predict`.
+There is no TF Serving binary here; the client, its JSON, base64, protos and sockets are real.
+"""
+
+import base64
+import http.server
+import io
+import json
+import re
+import socket
+import threading
+from concurrent import futures
+
+import grpc
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+from architectures.errors import UserError
+from pipeline.config import ModelConfig
+from pipeline.data import FASHION_MNIST_CLASSES
+from pipeline.export import float32_model, save_serving_model
+from pipeline.serving_client import predict_with_server
+from pipeline.train import build_training_model
+
+MODEL_NAME = "fashion"
+
+
+@pytest.fixture(scope="module")
+def signatures(tmp_path_factory):
+    """The signatures of an (untrained) resnet20 for 28x28 gray images, saved and loaded back."""
+    keras.utils.set_random_seed(0)
+    model = build_training_model(
+        ModelConfig(arch="resnet20"), image_shape=(28, 28, 1), num_classes=10, channel_mean=[73.0], channel_std=[90.0]
+    )
+    directory = tmp_path_factory.mktemp("serving") / MODEL_NAME / "1"
+    save_serving_model(float32_model(model), FASHION_MNIST_CLASSES, directory)
+    return tf.saved_model.load(str(directory)).signatures
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    """Five image files: gray PNGs, an RGB JPEG of another size, a GIF."""
+    folder = tmp_path_factory.mktemp("images")
+    rows, columns = np.mgrid[0:28, 0:28]
+    for index in range(3):
+        pixels = ((rows * (index + 1) * 9 + columns * 5) % 256).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / f"gray_{index}.png")
+    Image.fromarray(np.stack([(rows * 9) % 256] * 3, axis=-1).astype(np.uint8)).resize((40, 40)).save(folder / "rgb.jpg", quality=95)
+    Image.fromarray(((columns * 9) % 256).astype(np.uint8)).save(folder / "stripes.gif")
+    return folder
+
+
+def expected_top_k(signatures, files, k):
+    outputs = signatures["serving_default"](image_bytes=tf.constant([file.read_bytes() for file in files]))
+    return [
+        [(label.decode(), float(score)) for label, score in list(zip(labels, scores))[:k]]
+        for labels, scores in zip(outputs["labels"].numpy(), outputs["scores"].numpy())
+    ]
+
+
+def free_port() -> int:
+    """A port nothing listens on (bound, then released)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+# ----------------------------------------------------------------------------- stand-in REST server
+
+
+def _from_json(value):
+    return base64.b64decode(value["b64"]) if isinstance(value, dict) and set(value) == {"b64"} else value
+
+
+def _to_json(value):
+    """A row of an output, `.tolist()`ed: strings come back as text (their names do not end in _bytes)."""
+    if isinstance(value, list):
+        return [_to_json(item) for item in value]
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class StandInRestHandler(http.server.BaseHTTPRequestHandler):
+    """TF Serving's `POST /v1/models/NAME:predict` in row format, for one model."""
+
+    def do_POST(self):
+        match = re.fullmatch(r"/v1/models/([^/:]+):predict", self.path)
+        if match is None or match[1] != MODEL_NAME:
+            return self._reply(404, {"error": f"Servable not found for request: Latest({match[1] if match else self.path})"})
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        signature_name = body.get("signature_name", "serving_default")
+        signature = self.server.signatures.get(signature_name)
+        if signature is None:
+            return self._reply(400, {"error": f"Serving signature name: \"{signature_name}\" not found in signature def"})
+        specs = signature.structured_input_signature[1]
+        # An instance is {input: value}, or a bare value when the signature has one input.
+        instances = [item if isinstance(item, dict) and set(item) != {"b64"} else {next(iter(specs)): item} for item in body["instances"]]
+        try:
+            inputs = {name: tf.constant([_from_json(item[name]) for item in instances], spec.dtype) for name, spec in specs.items()}
+            outputs = signature(**inputs)
+        except (KeyError, TypeError, ValueError, tf.errors.InvalidArgumentError) as error:
+            return self._reply(400, {"error": f"{type(error).__name__}: {error}"})
+        rows = [{name: _to_json(value.numpy()[index].tolist()) for name, value in outputs.items()} for index in range(len(instances))]
+        self._reply(200, {"predictions": rows})
+
+    def _reply(self, status: int, payload: dict) -> None:
+        content = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(content)))
+        self.end_headers()
+        self.wfile.write(content)
+
+    def log_message(self, *args):  # keep the test output clean
+        pass
+
+
+@pytest.fixture(scope="module")
+def rest_url(signatures):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), StandInRestHandler)
+    server.signatures = signatures
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=10)
+
+
+# ----------------------------------------------------------------------------- stand-in gRPC server
+
+
+class StandInPredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
+    """TF Serving's `PredictionService.Predict` for one model."""
+
+    def __init__(self, signatures):
+        self.signatures = signatures
+
+    def Predict(self, request, context):
+        if request.model_spec.name != MODEL_NAME:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: Latest({request.model_spec.name})")
+        signature = self.signatures.get(request.model_spec.signature_name or "serving_default")
+        if signature is None:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"signature {request.model_spec.signature_name!r} not found")
+        try:
+            outputs = signature(**{name: tf.constant(tf.make_ndarray(proto)) for name, proto in request.inputs.items()})
+        except (TypeError, ValueError, tf.errors.InvalidArgumentError) as error:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{type(error).__name__}: {error}")
+        response = predict_pb2.PredictResponse(model_spec=request.model_spec)
+        for name, value in outputs.items():
+            response.outputs[name].CopyFrom(tf.make_tensor_proto(value.numpy()))
+        return response
+
+
+@pytest.fixture(scope="module")
+def grpc_url(signatures):
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(StandInPredictionService(signatures), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield f"grpc://127.0.0.1:{port}"
+    server.stop(grace=None).wait(timeout=10)
+
+
+# ----------------------------------------------------------------------------- tests
+
+
+@pytest.mark.parametrize("transport", ["rest", "grpc"])
+def test_client_sends_encoded_files_and_returns_the_model_top_k(transport, request, signatures, image_folder):
+    url = request.getfixturevalue(f"{transport}_url")
+    files = sorted(image_folder.iterdir())
+    results = predict_with_server(url, [image_folder], model_name=MODEL_NAME, top_k=3)
+    assert [path for path, _ in results] == [str(file) for file in files]
+    for (_, predicted), expected in zip(results, expected_top_k(signatures, files, 3)):
+        assert [label for label, _ in predicted] == [label for label, _ in expected]
+        np.testing.assert_allclose([score for _, score in predicted], [score for _, score in expected], rtol=1e-6)
+    # top-k beyond the signature's five labels gives all five
+    (single,) = predict_with_server(url, [files[0]], model_name=MODEL_NAME, top_k=10)
+    assert len(single[1]) == 5 and single[1][:3] == results[0][1]
+
+
+@pytest.mark.parametrize(
+    "transport, options, message",
+    [
+        ("rest", dict(model_name="no_such_model"), "answered HTTP 404 for model 'no_such_model': Servable not found"),
+        ("grpc", dict(model_name="no_such_model"), "answered NOT_FOUND for model 'no_such_model': Servable not found"),
+        ("rest", dict(model_name=MODEL_NAME, signature="image_tensor"), "answered HTTP 400 for model 'fashion'"),
+        ("grpc", dict(model_name=MODEL_NAME, signature="image_tensor"), "answered INVALID_ARGUMENT for model 'fashion'"),
+    ],
+)
+def test_server_errors_are_one_line_user_errors(transport, options, message, request, image_folder):
+    url = request.getfixturevalue(f"{transport}_url")
+    with pytest.raises(UserError) as error:
+        predict_with_server(url, [image_folder / "gray_0.png"], **options)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("scheme", ["http", "grpc"])
+def test_unreachable_server_is_a_user_error(scheme, image_folder):
+    url = f"{scheme}://127.0.0.1:{free_port()}"
+    with pytest.raises(UserError, match=f"^cannot reach TF Serving at {re.escape(url)}: ") as error:
+        predict_with_server(url, [image_folder / "gray_0.png"], model_name=MODEL_NAME, timeout=5)
+    assert "\n" not in str(error.value)
+
+
+def test_bad_url_missing_file_and_bad_top_k_are_user_errors(image_folder, tmp_path):
+    image = image_folder / "gray_0.png"
+    with pytest.raises(UserError, match="server URL must be http://HOST:PORT .* got 'ftp://host:21'"):
+        predict_with_server("ftp://host:21", [image], model_name=MODEL_NAME)
+    with pytest.raises(UserError, match="no such image file or folder: .*missing.png"):
+        predict_with_server("http://127.0.0.1:1", [tmp_path / "missing.png"], model_name=MODEL_NAME)
+    with pytest.raises(UserError, match="--top-k must be >= 1, got 0"):
+        predict_with_server("http://127.0.0.1:1", [image], model_name=MODEL_NAME, top_k=0)
