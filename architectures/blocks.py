@@ -12,6 +12,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from architectures.errors import UserError
+
 # 1.001e-5 matches keras.applications (ResNet, DenseNet), whose weights we load;
 # torchvision's 1e-5 differs by 1e-8 in the denominator, far below float32 noise.
 BN_EPSILON = 1.001e-5
@@ -215,3 +217,19 @@ def stochastic_depth_rates(total_blocks: int, max_rate: float) -> list[float]:
     if total_blocks <= 1:
         return [0.0] * total_blocks
     return [max_rate * index / (total_blocks - 1) for index in range(total_blocks)]
+
+
+def check_patch_grid(images: keras.KerasTensor, patch_size: int, *, small_input_patch_size: int | None) -> None:
+    """Raise `UserError` unless both input sides are multiples of a patch model's patch size.
+
+    `small_input_patch_size` (None when already in use) is suggested for small images.
+    """
+    height, width = images.shape[1], images.shape[2]
+    for side in (height, width):
+        if side % patch_size:
+            below, above = side // patch_size * patch_size, (side // patch_size + 1) * patch_size
+            hint = f"; small_input=True uses {small_input_patch_size} px patches" if small_input_patch_size else ""
+            raise UserError(
+                f"input sides must be multiples of the patch size {patch_size}, got {height}x{width} "
+                f"(nearest sides: {below} or {above}){hint}"
+            )

@@ -22,8 +22,7 @@ from dataclasses import dataclass
 
 import keras
 
-from architectures.blocks import LayerScale
-from architectures.errors import UserError
+from architectures.blocks import LayerScale, check_patch_grid
 from architectures.registry import register_family
 
 # 28 and 32 px images -> 7x7 and 8x8 tokens.
@@ -60,19 +59,6 @@ class Affine(keras.layers.Layer):
         return inputs * keras.ops.cast(self.alpha, inputs.dtype) + keras.ops.cast(self.beta, inputs.dtype)
 
 
-def _check_divisible(images: keras.KerasTensor, patch_size: int, small_input: bool) -> None:
-    """Raise `UserError` unless both input sides are multiples of the patch size."""
-    height, width = images.shape[1], images.shape[2]
-    for side in (height, width):
-        if side % patch_size:
-            below, above = side // patch_size * patch_size, (side // patch_size + 1) * patch_size
-            hint = "" if small_input else f"; small_input=True uses {SMALL_INPUT_PATCH_SIZE} px patches"
-            raise UserError(
-                f"input sides must be multiples of the patch size {patch_size}, got {height}x{width} "
-                f"(nearest sides: {below} or {above}){hint}"
-            )
-
-
 def _residual_block(x: keras.KerasTensor, spec: ResMLPSpec, *, name: str) -> keras.KerasTensor:
     """Cross-patch then cross-channel sublayer: (batch, N, C) -> (batch, N, C)."""
     num_tokens = x.shape[1]
@@ -105,7 +91,7 @@ def resmlp_features(
 ) -> keras.KerasTensor:
     """(batch, H, W, 3) -> (batch, H/p, W/p, dim): the tokens after the final Affine."""
     patch_size = SMALL_INPUT_PATCH_SIZE if small_input else spec.patch_size
-    _check_divisible(images, patch_size, small_input)
+    check_patch_grid(images, patch_size, small_input_patch_size=None if small_input else SMALL_INPUT_PATCH_SIZE)
     grid_height, grid_width = images.shape[1] // patch_size, images.shape[2] // patch_size
 
     x = keras.layers.Conv2D(spec.dim, patch_size, strides=patch_size, name="stem_conv")(images)

@@ -27,6 +27,7 @@ from typing import Any
 import keras
 from keras import ops
 
+from architectures.blocks import check_patch_grid
 from architectures.errors import UserError
 from architectures.registry import register_family
 
@@ -97,19 +98,6 @@ def _check_rate(option: str, value: float) -> None:
         raise UserError(f"{option} must be a number in [0, 1), got {value!r}")
 
 
-def _check_divisible(images: keras.KerasTensor, patch_size: int, small_input: bool) -> None:
-    """Raise `UserError` unless both input sides are multiples of the patch size."""
-    height, width = images.shape[1], images.shape[2]
-    for side in (height, width):
-        if side % patch_size:
-            below, above = side // patch_size * patch_size, (side // patch_size + 1) * patch_size
-            hint = "" if small_input else f"; small_input=True uses {SMALL_INPUT_PATCH_SIZE} px patches"
-            raise UserError(
-                f"input sides must be multiples of the patch size {patch_size}, got {height}x{width} "
-                f"(nearest sides: {below} or {above}){hint}"
-            )
-
-
 def _encoder_block(
     x: keras.KerasTensor, spec: ViTSpec, *, dropout: float, attention_dropout: float, name: str
 ) -> keras.KerasTensor:
@@ -176,7 +164,7 @@ def vit_features(
     _check_rate("dropout", dropout)
     _check_rate("attention_dropout", attention_dropout)
     patch_size = SMALL_INPUT_PATCH_SIZE if small_input else spec.patch_size
-    _check_divisible(images, patch_size, small_input)
+    check_patch_grid(images, patch_size, small_input_patch_size=None if small_input else SMALL_INPUT_PATCH_SIZE)
     grid_height, grid_width = images.shape[1] // patch_size, images.shape[2] // patch_size
 
     # lecun_normal is torchvision's conv_proj init: truncated normal, std sqrt(1 / fan_in).

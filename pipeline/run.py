@@ -178,7 +178,10 @@ def _train_in(config: RunConfig, strategy, run_dir: Path, work_dir: Path, chief:
             f"train.batch_size {global_batch} is larger than the {splits.num_examples['train']} training images"
         )
     num_classes = len(splits.class_names)
-    logger.info("strategy: %s", describe_strategy(strategy, global_batch))
+    logger.info(
+        "strategy: %s; peak learning rate %g applies to the global batch as set (no automatic scaling)",
+        describe_strategy(strategy, global_batch), config.train.learning_rate,
+    )
     augmenter = augment.build_augmenter(
         config.augment, image_shape=splits.image_shape, num_classes=num_classes, seed=config.seed
     )
@@ -274,6 +277,10 @@ def _train_in(config: RunConfig, strategy, run_dir: Path, work_dir: Path, chief:
         "train_seconds": round(sum(r.seconds for r in state.history), 1),
         "images_per_second": round(images_per_second, 1),
         "replicas": strategy.num_replicas_in_sync,
+        "global_batch": global_batch,
+        "per_replica_batch": global_batch // strategy.num_replicas_in_sync,
+        "peak_learning_rate": config.train.learning_rate,
+        "precision": precision,
         "strategy": strategy_name(strategy),
         "best_val_accuracy": max((r.val_accuracy for r in state.history), default=None),
     }

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import architectures
+from tests.architectures.keras_reference import copy_weights_by_name, randomise_weights
 from tests.architectures.reference_counts import PARAMS
 
 KERAS_BUILDERS = {"mobilenet_v1": keras.applications.MobileNet, "mobilenet_v2": keras.applications.MobileNetV2}
@@ -18,31 +19,6 @@ def _trainable_params(model: keras.Model) -> int:
 
 def _weighted_layers(model: keras.Model) -> list[tuple[str, list[tuple[int, ...]]]]:
     return [(layer.name, [tuple(w.shape) for w in layer.weights]) for layer in model.layers if layer.weights]
-
-
-def _randomise(model: keras.Model, seed: int) -> None:
-    """He-normal kernels (so the input's signal survives the depth and a shifted padding grid
-    would show in the logits) and random biases, BN scales, offsets and moving statistics."""
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:
-        for weight in layer.weights:
-            shape = tuple(weight.shape)
-            if len(shape) == 1:
-                if weight.name in ("gamma", "moving_variance"):
-                    values = rng.uniform(0.5, 1.5, shape)
-                else:
-                    values = rng.normal(0.0, 0.2, shape)
-            else:
-                depthwise = isinstance(layer, keras.layers.DepthwiseConv2D) or weight.name == "depthwise_kernel"
-                fan_in = shape[0] * shape[1] if depthwise else int(np.prod(shape[:-1]))
-                values = rng.normal(0.0, np.sqrt(2.0 / fan_in), shape)
-            weight.assign(values.astype("float32"))
-
-
-def _copy_weights_by_name(source: keras.Model, target: keras.Model) -> None:
-    for layer in source.layers:
-        if layer.weights:
-            target.get_layer(layer.name).set_weights(layer.get_weights())
 
 
 @pytest.mark.parametrize("name", ["mobilenet_v1", "mobilenet_v2"])
@@ -65,10 +41,10 @@ def test_mobilenet_trainable_params_equal_reference(name):
 def test_keras_applications_weights_load_by_name_and_give_the_same_logits(name, input_shape):
     keras.backend.clear_session()
     reference = KERAS_BUILDERS[name](weights=None, input_shape=input_shape, classifier_activation=None)
-    _randomise(reference, seed=1)
+    randomise_weights(reference, seed=1)
     ours = architectures.build(name, input_shape=input_shape, classifier_activation=None)
     assert _weighted_layers(ours) == _weighted_layers(reference)  # names, weight shapes, order
-    _copy_weights_by_name(reference, ours)
+    copy_weights_by_name(reference, ours)
     images = np.random.default_rng(0).uniform(-1.0, 1.0, (2, *input_shape)).astype("float32")
     expected = reference(images, training=False).numpy()
     # The logits depend on the image, so they are not just the BN offsets passed through.

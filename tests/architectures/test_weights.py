@@ -13,6 +13,7 @@ import pytest
 from keras.src.legacy.saving import legacy_h5_format
 
 import architectures
+from tests.architectures.keras_reference import randomise_weights
 
 INPUT_SHAPE = (64, 64, 3)
 
@@ -34,23 +35,6 @@ def fresh_keras_session():
     keras.backend.clear_session()
 
 
-def randomise(model: keras.Model, seed: int) -> None:
-    """Every weight random, scaled so activations stay O(1) through deep networks."""
-    rng = np.random.default_rng(seed)
-    for weight in model.weights:
-        shape, path = tuple(weight.shape), weight.path
-        if path.endswith("kernel"):
-            fan_in = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
-            if "depthwise" in path:
-                fan_in = int(np.prod(shape[:2]))
-            value = rng.normal(0.0, 1.0 / np.sqrt(max(fan_in, 1)), shape)
-        elif path.endswith(("gamma", "moving_variance")) or "layer_scale" in path:
-            value = rng.uniform(0.5, 1.5, shape)
-        else:  # biases, betas, moving means
-            value = rng.normal(0.0, 0.1, shape)
-        weight.assign(value.astype("float32"))
-
-
 def write_legacy_h5(model: keras.Model, path) -> None:
     with h5py.File(path, "w") as weights_file:
         legacy_h5_format.save_weights_to_hdf5_group(weights_file, model)
@@ -60,7 +44,7 @@ def write_legacy_h5(model: keras.Model, path) -> None:
 def test_keras_applications_weights_give_identical_outputs(name, keras_builder, tmp_path):
     input_shape = TEST_SIZE.get(name, INPUT_SHAPE)
     reference = keras_builder(weights=None, input_shape=input_shape, classifier_activation=None)
-    randomise(reference, seed=0)
+    randomise_weights(reference, seed=0)
     weights_path = tmp_path / f"{name}_keras_applications.h5"
     write_legacy_h5(reference, weights_path)
 
@@ -77,7 +61,7 @@ def test_keras_applications_weights_give_identical_outputs(name, keras_builder, 
 
 def test_resnet_weights_select_the_v1_layout_and_fold_conv_biases(tmp_path):
     reference = keras.applications.ResNet50(weights=None, input_shape=INPUT_SHAPE)
-    randomise(reference, seed=3)
+    randomise_weights(reference, seed=3)
     weights_path = tmp_path / "resnet50.h5"
     write_legacy_h5(reference, weights_path)
     ours = architectures.build("resnet50", input_shape=INPUT_SHAPE, weights=str(weights_path))
@@ -92,7 +76,7 @@ def test_resnet_weights_select_the_v1_layout_and_fold_conv_biases(tmp_path):
 
 def test_headless_model_loads_backbone_from_full_file(tmp_path):
     reference = keras.applications.DenseNet121(weights=None, input_shape=INPUT_SHAPE)
-    randomise(reference, seed=4)
+    randomise_weights(reference, seed=4)
     weights_path = tmp_path / "densenet121.h5"
     write_legacy_h5(reference, weights_path)
     ours = architectures.build("densenet121", include_top=False, pooling="avg", input_shape=INPUT_SHAPE, weights=str(weights_path))
@@ -126,7 +110,7 @@ def test_not_an_hdf5_file_is_refused(tmp_path):
 @pytest.mark.parametrize("suffix", [".weights.h5", ".keras"])
 def test_own_weight_files_round_trip(suffix, tmp_path):
     model = architectures.build("resnet20", num_classes=10, input_shape=(28, 28, 1))
-    randomise(model, seed=6)
+    randomise_weights(model, seed=6)
     path = tmp_path / f"resnet20{suffix}"
     if suffix == ".keras":
         model.save(path)

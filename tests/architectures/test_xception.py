@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import architectures
+from tests.architectures.keras_reference import randomise_weights
 from tests.architectures.reference_counts import PARAMS
 
 # keras.applications leaves the residual 1x1 convs and their BNs auto-named (`conv2d`,
@@ -37,25 +38,6 @@ def _names_mapped_to_ours(reference: keras.Model) -> list[str]:
     return names
 
 
-def _randomise(model: keras.Model, seed: int) -> None:
-    """He-normal kernels (so the input's signal survives the depth and a shifted padding grid
-    would show in the logits) and random biases, BN scales, offsets and moving statistics."""
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:
-        for weight in layer.weights:
-            shape = tuple(weight.shape)
-            if len(shape) == 1:
-                if weight.name in ("gamma", "moving_variance"):
-                    values = rng.uniform(0.5, 1.5, shape)
-                else:
-                    values = rng.normal(0.0, 0.2, shape)
-            else:
-                depthwise = isinstance(layer, keras.layers.DepthwiseConv2D) or weight.name == "depthwise_kernel"
-                fan_in = shape[0] * shape[1] if depthwise else int(np.prod(shape[:-1]))
-                values = rng.normal(0.0, np.sqrt(2.0 / fan_in), shape)
-            weight.assign(values.astype("float32"))
-
-
 def test_xception_trainable_params_equal_keras_applications():
     keras.backend.clear_session()
     model = architectures.build("xception")
@@ -70,7 +52,7 @@ def test_keras_applications_xception_weights_load_by_mapped_name_and_give_the_sa
     keras.backend.clear_session()
     input_shape = (71, 71, 3)  # keras.applications' smallest: odd sides at every stride-2 step
     reference = keras.applications.Xception(weights=None, input_shape=input_shape, classifier_activation=None)
-    _randomise(reference, seed=1)
+    randomise_weights(reference, seed=1)
     ours = architectures.build("xception", input_shape=input_shape, classifier_activation=None)
 
     assert [layer.name for layer in _weighted_layers(ours)] == _names_mapped_to_ours(reference)

@@ -204,3 +204,18 @@ def test_main_job_without_a_subcommand_trains_evaluates_and_exports(tmp_path):
     ]
     report = json.loads((run_dir / "export" / "export_report.json").read_text())
     assert {(a["format"], a["quantization"]) for a in report["artefacts"]} >= {("saved_model", "none"), ("tflite", "int8")}
+
+
+@needs_fashion_mnist
+def test_ema_adamw_clipping_float16_xla_and_every_augmentation_run_together(tmp_path):
+    result = run_cli(
+        "train", *TINY_RUN, "--output-dir", str(tmp_path), "--run-name", "everything",
+        "--set", "train.ema_decay=0.9", "--set", "train.optimizer=adamw", "--set", "train.learning_rate=0.003",
+        "--set", "train.gradient_clip_norm=1.0", "--set", "train.precision=mixed_float16",
+        "--set", "train.jit_compile=true", "--set", "augment.rand_augment=true", "--set", "augment.mixup_alpha=0.2",
+        "--set", "augment.cutmix_alpha=1.0", "--set", "augment.random_erasing=0.25",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "precision: mixed_float16" in result.stderr
+    metrics = json.loads((tmp_path / "everything" / "metrics.json").read_text())
+    assert metrics["top1_accuracy"] > 0.15 and metrics["run"]["precision"] == "mixed_float16"

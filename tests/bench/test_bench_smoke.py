@@ -1,0 +1,127 @@
+"""`python -m bench --quick` produces every table, well formed: BENCHMARKS.md with the six sections
+and results.json with each table's keys. No assertion here is about speed: benchmarks are
+measured, not unit-tested."""
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+from bench.report import HEADINGS
+from tests.cli import REPO_ROOT, cli_env
+
+PROVENANCE_KEYS = {"status", "measured_at", "seconds", "command", "quick", "machine"}
+MACHINE_KEYS = {"cpu", "logical_cores", "usable_cores", "ram_gib", "gpus", "tensorflow", "keras", "numpy"}
+MEASURED_KEYS = {
+    "zoo": {"settings", "rows"},
+    "vs_keras": {"settings", "rows"},
+    "pipeline": {"settings", "rows", "training"},
+    "time_to_accuracy": {"settings", "rows", "reference"},
+    "exports": {"run_dir", "test_images", "keras_test_accuracy", "rows"},
+    "gpu": {"settings", "devices", "rows"},
+}
+
+
+def run_bench(*arguments: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "bench", *arguments], cwd=REPO_ROOT, env=cli_env(), capture_output=True, text=True, timeout=600
+    )
+
+
+@pytest.fixture(scope="module")
+def quick_output(tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("bench")
+    result = run_bench("--quick", "--output-dir", str(output_dir))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return output_dir
+
+
+def markdown_tables(document: str) -> list[list[str]]:
+    """Each run of consecutive `|` lines in the document."""
+    tables, current = [], []
+    for line in document.splitlines() + [""]:
+        if line.startswith("|"):
+            current.append(line)
+        elif current:
+            tables.append(current)
+            current = []
+    return tables
+
+
+@pytest.mark.slow
+def test_quick_run_writes_every_section_with_well_formed_tables(quick_output):
+    document = (quick_output / "BENCHMARKS.md").read_text()
+    positions = [document.index(f"\n## {heading}\n") for heading in HEADINGS.values()]
+    assert positions == sorted(positions)
+    assert "\n## Findings\n" in document
+    assert document.count("Quick settings (`--quick`)") == len(HEADINGS)
+    tables = markdown_tables(document)
+    assert len(tables) >= 7  # zoo, vs keras, two pipeline tables, accuracy and reference, exports, findings
+    for table in tables:
+        columns = {line.count("|") for line in table}
+        assert len(columns) == 1, table  # every row as wide as its header
+        assert all(re.fullmatch(r":?-{3,}:?", cell.strip()) for cell in table[1].strip("|").split("|")), table
+
+
+@pytest.mark.slow
+def test_quick_run_records_every_table_with_its_provenance(quick_output):
+    results = json.loads((quick_output / "results.json").read_text())
+    assert list(results["tables"]) == list(HEADINGS)
+    for name, table in results["tables"].items():
+        assert PROVENANCE_KEYS <= set(table), name
+        assert MACHINE_KEYS <= set(table["machine"]), name
+        assert table["quick"] is True and table["command"].startswith("python -m bench --quick"), name
+        if table["status"] == "measured":
+            assert MEASURED_KEYS[name] <= set(table), name
+        else:
+            assert name == "gpu" and table["status"] == "not measured (no GPU)", (name, table["status"])
+
+
+@pytest.mark.slow
+def test_quick_rows_hold_the_measured_figures(quick_output):
+    tables = json.loads((quick_output / "results.json").read_text())["tables"]
+    zoo = {row["name"]: row for row in tables["zoo"]["rows"]}
+    assert zoo["resnet20"]["parameters"] == 269_722  # He et al. 2016, 10 classes
+    assert zoo["resnet20"]["training_images_per_second"] > 0 and zoo["mobilenet_v2"]["training_images_per_second"] is None
+    assert all(row["inference_images_per_second"] > 0 for row in zoo.values())
+    for row in tables["vs_keras"]["rows"]:
+        assert row["train_ratio"] > 0 and row["inference_ratio"] > 0
+    loaders = {(row["source"], row["loader"]) for row in tables["pipeline"]["rows"]}
+    assert {("Fashion-MNIST", "ours (data.train_pipeline)"), ("JPEG folder", "keras image_dataset_from_directory"),
+            ("JPEG folder", "tf.io.decode_jpeg only")} <= loaders  # fmt: skip
+    recipes = {row["recipe"]: row for row in tables["time_to_accuracy"]["rows"]}
+    assert list(recipes) == ["default", "best", "keras_convnet"]
+    for row in recipes.values():
+        assert row["returncode"] == 0, row.get("error")
+        assert 0.0 <= row["test_accuracy"] <= 1.0 and len(row["curve"]) == row["epochs"] == 1
+    exports = {(row["format"], row["quantization"]) for row in tables["exports"]["rows"]}
+    assert exports == {("saved_model", "none"), ("tflite", "none"), ("tflite", "float16"), ("tflite", "dynamic"), ("tflite", "int8")}
+
+
+@pytest.mark.slow
+def test_only_replaces_the_named_tables_and_keeps_the_others(quick_output):
+    before = json.loads((quick_output / "results.json").read_text())["tables"]
+    result = run_bench("--quick", "--output-dir", str(quick_output), "--only", "gpu")
+    assert result.returncode == 0, result.stderr[-3000:]
+    after = json.loads((quick_output / "results.json").read_text())["tables"]
+    assert list(after) == list(HEADINGS)
+    assert {name: after[name] for name in after if name != "gpu"} == {name: before[name] for name in before if name != "gpu"}
+    assert after["gpu"]["command"].endswith("--only gpu")
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--quick"], "--quick needs --output-dir"),
+        (["--only", "zoo,speed", "--output-dir", "unused"], "unknown table 'speed'; choose from zoo, vs_keras"),
+    ],
+)
+def test_bad_arguments_are_one_line_exit_2_and_write_nothing(arguments, message, tmp_path):
+    arguments = [str(tmp_path / argument) if argument == "unused" else argument for argument in arguments]
+    result = run_bench(*arguments)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == f"error: {message}" or message in result.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "unused").exists()
