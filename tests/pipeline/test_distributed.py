@@ -84,19 +84,24 @@ def test_mirrored_runs_are_bit_identical_too(tmp_path):
 
 
 def test_two_workers_on_loopback_train_together_and_only_the_chief_writes(tmp_path):
-    result = run_cli("launch", "--workers", "2", *EXACT_RUN, "--output-dir", str(tmp_path), "--run-name", "cluster", timeout=600)
+    scratch = tmp_path / "tmp"  # the workers' TMPDIR: what they leave there is visible
+    scratch.mkdir()
+    result = run_cli(
+        "launch", "--workers", "2", *EXACT_RUN, "--output-dir", str(tmp_path / "runs"), "--run-name", "cluster",
+        timeout=600, env={"TMPDIR": str(scratch)},
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     chief_output = result.stdout
-    worker_log = (tmp_path / "cluster.workers" / "worker-1.log").read_text()
+    worker_log = (tmp_path / "runs" / "cluster.workers" / "worker-1.log").read_text()
     assert "MultiWorkerMirroredStrategy with 2 replica(s)" in chief_output
     chief_print, worker_print = fingerprints(chief_output), fingerprints(worker_log)
     assert chief_print and chief_print == worker_print  # identical final weights, BatchNorm statistics included
-    run_dir = tmp_path / "cluster"
+    run_dir = tmp_path / "runs" / "cluster"
     for name in ("config.yaml", "model.keras", "metrics.json", "history.csv", "best.weights.h5"):
         assert (run_dir / name).is_file(), name
     assert any((run_dir / "backup").glob("ckpt-*.index"))
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["cluster", "cluster.workers"]
-    assert not list(Path("/tmp").glob("convnets-worker-*")), "a worker left its temporary directory behind"
+    assert sorted(path.name for path in (tmp_path / "runs").iterdir()) == ["cluster", "cluster.workers"]
+    assert not list(scratch.glob("convnets-worker-*")), "a worker left its temporary directory behind"
 
 
 def worker_pids(run_name: str, index: int) -> list[int]:
