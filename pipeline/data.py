@@ -1,7 +1,7 @@
 """Data sources to `tf.data`: Fashion-MNIST/MNIST, TFDS datasets, IDX files and image folders.
 
 Every source becomes three unbatched `tf.data.Dataset`s of `(uint8 image (H, W, C), int64
-label)` at one common size (`DatasetSplits`); `train_pipeline` and `eval_pipeline` batch them
+label)` at one common size (`DatasetSplits`); `train_pipeline` batches them
 into `(float32 images 0..255 (B, H, W, C), float32 one-hot labels (B, num_classes))`.
 
     fashion_mnist, mnist  TFDS's prepared copy, else Debian's IDX files
@@ -150,20 +150,6 @@ def train_pipeline(
     dataset = dataset.map(_model_inputs(num_classes), num_parallel_calls=tf.data.AUTOTUNE)
     if augment is not None:
         dataset = dataset.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
-    return dataset.prefetch(tf.data.AUTOTUNE).with_options(options)
-
-
-def eval_pipeline(dataset: tf.data.Dataset, *, batch_size: int, num_classes: int) -> tf.data.Dataset:
-    """Every example once, in order: `(float32 (B, H, W, C) 0..255, float32 one-hot (B, num_classes))`.
-
-    The last batch may be smaller. Auto-sharding is off: the trainer decides how evaluation
-    is split across replicas so that no example is dropped or counted twice.
-    """
-    options = tf.data.Options()
-    options.deterministic = True
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-    dataset = dataset.batch(batch_size, drop_remainder=False, num_parallel_calls=tf.data.AUTOTUNE)
-    dataset = dataset.map(_model_inputs(num_classes), num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE).with_options(options)
 
 

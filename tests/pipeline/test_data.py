@@ -17,7 +17,6 @@ from pipeline.config import DataConfig
 from pipeline.data import (
     FASHION_MNIST_CLASSES,
     channel_statistics,
-    eval_pipeline,
     load_splits,
     train_pipeline,
 )
@@ -435,16 +434,6 @@ def test_train_pipeline_shards_by_input_context_into_disjoint_halves():
         seen.append(set(epoch_indices(dataset)))
     assert not seen[0] & seen[1]
     assert seen[0] | seen[1] == set(range(40))
-
-
-def test_eval_pipeline_yields_every_example_once_in_a_stable_order():
-    dataset = eval_pipeline(indexed_dataset(42), batch_size=8, num_classes=42)
-    batch_sizes = [int(images.shape[0]) for images, _ in dataset]
-    assert batch_sizes == [8, 8, 8, 8, 8, 2]
-    assert epoch_indices(dataset) == list(range(42)) == epoch_indices(dataset)
-    images, labels = next(iter(dataset))
-    assert images.dtype == tf.float32 and labels.shape == (8, 42)
-    assert dataset.options().experimental_distribute.auto_shard_policy == tf.data.experimental.AutoShardPolicy.OFF
 
 
 def test_channel_statistics_of_two_solid_images():
