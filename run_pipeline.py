@@ -17,35 +17,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 
-# Quiet TensorFlow's C++ start-up chatter before anything imports it.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from pipeline.quiet_start import import_tensorflow_quietly
+
 
 EXIT_USER_ERROR = 2
-
-
-def _import_tensorflow_quietly() -> None:
-    """Import TensorFlow and probe for GPUs with stderr closed at the file-descriptor level.
-
-    TF's C++ runtime prints absl/oneDNN/CUDA start-up lines that TF_CPP_MIN_LOG_LEVEL does
-    not silence; a one-line error from us must stay one line. Python-level errors raised
-    here still surface, since stderr is restored before they propagate.
-    """
-    saved_stderr = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        import tensorflow as tf
-
-        tf.config.list_physical_devices("GPU")
-        tf.get_logger().handlers.clear()  # log through our handler only, not twice
-    finally:
-        os.dup2(saved_stderr, 2)
-        os.close(devnull)
-        os.close(saved_stderr)
 
 
 class _ArgumentParser(argparse.ArgumentParser):
@@ -236,7 +214,7 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    _import_tensorflow_quietly()
+    import_tensorflow_quietly()
     from architectures.errors import UserError
 
     argv = list(sys.argv[1:] if argv is None else argv)

@@ -19,6 +19,7 @@ training set, deterministically (the last fraction, or a seeded per-class split 
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import difflib
 import gzip
 import io
@@ -151,6 +152,39 @@ def train_pipeline(
     if augment is not None:
         dataset = dataset.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE).with_options(options)
+
+
+def epoch_pipelines(
+    dataset: tf.data.Dataset,
+    config: DataConfig,
+    *,
+    global_batch_size: int,
+    seed: int,
+    augment: Callable[[tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]] | None,
+    num_classes: int,
+) -> Callable[[int, int, tf.distribute.InputContext | None], tf.data.Dataset]:
+    """`make(epoch, skip_batches, input_context)`: epoch `epoch`'s `train_pipeline`, resumable.
+
+    The source is cached once, here, so decoding happens in the first epoch only; each epoch
+    then shuffles with its own seed (`seed * 1000 + epoch`), which makes epoch k's order the
+    same after a resume, and `skip_batches` skips what a resumed epoch already trained on.
+    """
+    source = dataset.cache() if config.cache else dataset
+    per_epoch_config = dataclasses.replace(config, cache=False)
+
+    def make(epoch: int, skip_batches: int, input_context: tf.distribute.InputContext | None) -> tf.data.Dataset:
+        pipeline = train_pipeline(
+            source,
+            per_epoch_config,
+            global_batch_size=global_batch_size,
+            seed=seed * 1_000 + epoch,
+            augment=augment,
+            num_classes=num_classes,
+            input_context=input_context,
+        )
+        return pipeline.skip(skip_batches) if skip_batches else pipeline
+
+    return make
 
 
 def channel_statistics(dataset: tf.data.Dataset, max_examples: int = 10_000) -> tuple[list[float], list[float]]:

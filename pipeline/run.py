@@ -223,18 +223,10 @@ def _train_in(config: RunConfig, strategy, run_dir: Path, work_dir: Path, chief:
     )
     summary_writer = tf.summary.create_file_writer(str(work_dir / "logs"))
 
-    def train_dataset_fn(epoch: int, skip_batches: int, input_context) -> tf.data.Dataset:
-        # A fresh seed per epoch makes epoch k's order reproducible after a resume.
-        pipeline = data.train_pipeline(
-            splits.train,
-            config.data,
-            global_batch_size=global_batch,
-            seed=config.seed * 1_000 + epoch,
-            augment=augmenter,
-            num_classes=num_classes,
-            input_context=input_context,
-        )
-        return pipeline.skip(skip_batches) if skip_batches else pipeline
+    train_dataset_fn = data.epoch_pipelines(
+        splits.train, config.data, global_batch_size=global_batch, seed=config.seed,
+        augment=augmenter, num_classes=num_classes,
+    )
 
     def on_epoch_end(record: EpochRecord, is_best: bool) -> None:
         logger.info(
