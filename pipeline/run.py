@@ -26,6 +26,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from collections.abc import Sequence
 
 import keras
 import numpy as np
@@ -408,6 +409,21 @@ def evaluate_run(path: str | Path, *, dataset: str | None = None, batch_size: in
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 
 
+def image_files(image_paths: Sequence[str | Path]) -> list[Path]:
+    """Image files among `image_paths`: files as given, folders searched recursively by suffix."""
+    files: list[Path] = []
+    for item in map(Path, image_paths):
+        if item.is_dir():
+            files += sorted(path for path in item.rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES)
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise UserError(f"no such image file or folder: {item}")
+    if not files:
+        raise UserError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(map(str, image_paths))}")
+    return files
+
+
 def predict_images(path: str | Path, inputs: list[str], *, top_k: int = 3) -> list[tuple[str, list[tuple[str, float]]]]:
     """Top-k (class name, probability) for each readable image among files and folders."""
     from PIL import Image, UnidentifiedImageError
@@ -416,14 +432,7 @@ def predict_images(path: str | Path, inputs: list[str], *, top_k: int = 3) -> li
         raise UserError(f"--top-k must be >= 1, got {top_k}")
     model, class_names, _ = load_run_model(path)
     height, width, channels = model.input_shape[1:]
-    files: list[Path] = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            files += sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        elif item.is_file():
-            files.append(item)
-        else:
-            raise UserError(f"no such image file or folder: {item}")
+    files = image_files(inputs)
     pixels, readable = [], []
     for file in files:
         try:

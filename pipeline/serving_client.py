@@ -27,7 +27,7 @@ from pathlib import Path
 
 from architectures.errors import UserError
 from pipeline.export import IMAGE_BYTES_INPUT, SERVING_SIGNATURE
-from pipeline.run import IMAGE_SUFFIXES
+from pipeline.run import image_files
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def predict_with_server(
         send = _predict_grpc
     else:
         raise UserError(f"server URL must be http://HOST:PORT (REST, TF Serving's 8501) or grpc://HOST:PORT (8500); got {url!r}")
-    files = _image_files(image_paths)
+    files = image_files(image_paths)
     results: list[Prediction] = []
     for start in range(0, len(files), REQUEST_BATCH):
         batch = files[start : start + REQUEST_BATCH]
@@ -66,20 +66,6 @@ def predict_with_server(
         for file, (labels, scores) in zip(batch, rows):
             results.append((str(file), [(label, float(score)) for label, score in list(zip(labels, scores))[:top_k]]))
     return results
-
-
-def _image_files(image_paths: Sequence[str | Path]) -> list[Path]:
-    files: list[Path] = []
-    for item in map(Path, image_paths):
-        if item.is_dir():
-            files += sorted(path for path in item.rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES)
-        elif item.is_file():
-            files.append(item)
-        else:
-            raise UserError(f"no such image file or folder: {item}")
-    if not files:
-        raise UserError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(map(str, image_paths))}")
-    return files
 
 
 def _one_line(text: str) -> str:
