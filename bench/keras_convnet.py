@@ -7,7 +7,7 @@ example's `validation_split=0.1` holds out the last 10% of the training images; 
 from `data.load_splits`, which holds out the same last 10%, so all three recipes of table 4 see
 the same training, validation and test images.
 
-    python -m bench.keras_convnet --output RESULT.json [--epochs N] [--max-train-examples N] [--max-eval-examples N]
+    python -m bench.keras_convnet --output RESULT.json [--seed S] [--epochs N] [--max-train-examples N] [--max-eval-examples N]
 
 Writes {test_accuracy, train_seconds, epochs, parameters, curve: [{epoch, seconds, val_accuracy}]}
 where `seconds` is the training clock at the end of each epoch.
@@ -64,8 +64,10 @@ def _arrays(dataset, num_classes: int):
     return (np.concatenate(images).astype("float32") / 255.0, np.eye(num_classes, dtype="float32")[np.concatenate(labels)])
 
 
-def train(epochs: int, max_train_examples: int | None, max_eval_examples: int | None) -> dict:
+def train(epochs: int, max_train_examples: int | None, max_eval_examples: int | None, seed: int = 0) -> dict:
     import keras
+
+    keras.utils.set_random_seed(seed)  # initial weights, dropout and fit's shuffling
 
     from pipeline import data
     from pipeline.config import DataConfig
@@ -96,6 +98,7 @@ def train(epochs: int, max_train_examples: int | None, max_eval_examples: int | 
         "test_accuracy": float(test_accuracy),
         "train_seconds": round(train_seconds, 1),
         "epochs": epochs,
+        "seed": seed,
         "parameters": int(model.count_params()),
         "train_images": int(len(x_train)),
         "test_images": int(len(x_test)),
@@ -106,12 +109,13 @@ def train(epochs: int, max_train_examples: int | None, max_eval_examples: int | 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.keras_convnet", description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", required=True, type=Path, help="where to write the result JSON")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (weights, dropout, shuffling)")
     parser.add_argument("--epochs", type=int, default=EPOCHS)
     parser.add_argument("--max-train-examples", type=int, default=None)
     parser.add_argument("--max-eval-examples", type=int, default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    result = train(args.epochs, args.max_train_examples, args.max_eval_examples)
+    result = train(args.epochs, args.max_train_examples, args.max_eval_examples, args.seed)
     write_text_atomically(args.output, json.dumps(result, indent=2) + "\n")
     return 0
 

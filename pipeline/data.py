@@ -136,6 +136,12 @@ def train_pipeline(
     """
     options = tf.data.Options()
     options.deterministic = config.deterministic
+    # No autotune model thread: on TF 2.21 it sometimes is not woken when the epoch's iterator
+    # is destroyed, which then blocks for the rest of its optimisation period (up to 60 s; 28-39 s
+    # with zero CPU measured at the end of 50-s epochs, in about half of them). AUTOTUNE
+    # parallelism then stays at the number of cores, which is what it tunes towards on a
+    # training machine anyway; table 3 of BENCHMARKS.md measures the pipeline this way.
+    options.autotune.enabled = False
     if input_context is None:
         batch_size = global_batch_size
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA

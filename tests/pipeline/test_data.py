@@ -394,6 +394,8 @@ def test_train_pipeline_batches_float_images_and_one_hot_labels_dropping_the_rem
     assert np.array_equal(np.argmax(labels, axis=1), images.numpy()[:, 0, 0, 0])
     assert np.all(labels.numpy().sum(axis=1) == 1.0)
     assert dataset.options().experimental_distribute.auto_shard_policy == tf.data.experimental.AutoShardPolicy.DATA
+    # No autotune model thread: it can block an epoch's iterator teardown for up to 60 s (pipeline/data.py).
+    assert dataset.options().autotune.enabled is False
 
 
 def test_train_pipeline_reshuffles_each_epoch_and_repeats_with_the_same_seed():
