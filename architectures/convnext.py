@@ -21,7 +21,12 @@ a small Sequential (`convnext_tiny_stem` holding `convnext_tiny_stem_conv` and
 `convnext_tiny_downsampling_layernorm_0` and `convnext_tiny_downsampling_conv_0`); our graph
 is flat, each inner layer at top level under its own name, which the weight loader maps.
 
-Differences from keras.applications, none of which touches a weight:
+Differences from keras.applications:
+- the 7x7 depthwise convolution is a DepthwiseConv2D (kernel (7, 7, C, 1)), not its grouped
+  Conv2D with groups=C (kernel (7, 7, 1, C)): the same parameters in another layout, which
+  the legacy `.h5` loader transposes; TensorFlow's CPU grouped convolution is the slow path.
+
+Differences from keras.applications that touch no weight:
 - no input Normalization layer (its `include_preprocessing=True`): the pipeline normalises;
 - its `_identity` Activation and the unnamed `+` of each block are one StochasticDepth layer
   (`..._stochastic_depth`), present at every rate;
@@ -109,10 +114,11 @@ def _block(
 ) -> keras.KerasTensor:
     """One ConvNeXt block: (batch, H, W, C) -> (batch, H, W, C)."""
     width = x.shape[-1]
-    # A grouped Conv2D, not DepthwiseConv2D: keras.applications' kernel is (7, 7, 1, C).
-    residual = keras.layers.Conv2D(
-        width, 7, padding="same", groups=width, name=f"{name}_depthwise_conv"
-    )(x)
+    # DepthwiseConv2D, kernel (7, 7, C, 1), where keras.applications has a grouped Conv2D with
+    # kernel (7, 7, 1, C): the same weights (the loader swaps the axes), and TensorFlow's CPU
+    # grouped convolution is slow: convnext_tiny at 32 px, small_input, batch 32, float32 on 2
+    # cores infers 14 images/s grouped, 93 depthwise (training steps 5.4 vs 29.4).
+    residual = keras.layers.DepthwiseConv2D(7, padding="same", name=f"{name}_depthwise_conv")(x)
     residual = keras.layers.LayerNormalization(epsilon=LN_EPSILON, name=f"{name}_layernorm")(residual)
     residual = keras.layers.Dense(MLP_RATIO * width, name=f"{name}_pointwise_conv_1")(residual)
     residual = keras.layers.Activation("gelu", name=f"{name}_gelu")(residual)

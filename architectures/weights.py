@@ -14,6 +14,9 @@ Matching a legacy file by name:
 - a convolution bias in the file for a bias-free convolution of ours (keras.applications'
   ResNets) is folded into the BatchNorm that follows it: BN(conv(x) + b) with moving mean m
   equals BN(conv(x)) with moving mean m - b, exactly;
+- a depthwise convolution the file stores as a grouped Conv2D with groups=C (keras.applications'
+  ConvNeXt: kernel (kh, kw, 1, C*M)) loads into our DepthwiseConv2D (kernel (kh, kw, C, M), M
+  its depth multiplier) reshaped: grouped output channel c*M + m is depthwise channel c's m-th;
 - layers the file names by Keras's auto-names (Xception's residual convs "conv2d_1" ...)
   that no layer of ours is called are matched to our still-unmatched layers in order, as
   Keras's own legacy loader matches every layer, provided every weight shape agrees.
@@ -91,7 +94,7 @@ def _assign(model: keras.Model, arrays: OrderedDict[str, list[np.ndarray]], path
     folded_biases: dict[str, np.ndarray] = {}
     values: dict[str, list[np.ndarray]] = {}
     for layer, entry in pairs:
-        file_arrays = list(arrays[entry])
+        file_arrays = _in_model_layout(layer, arrays[entry])
         if _is_biasless_conv(layer) and len(file_arrays) == 2:
             folded_biases[_following_batchnorm(layer.name)] = file_arrays.pop()
         _check_shapes(layer, file_arrays, path)
@@ -116,7 +119,8 @@ def _pair_auto_named(
     if not layers:
         return []
     shapes_agree = len(layers) <= len(entries) and all(
-        [tuple(weight.shape) for weight in layer.weights] == [array.shape for array in arrays[entry]]
+        [tuple(weight.shape) for weight in layer.weights]
+        == [array.shape for array in _in_model_layout(layer, arrays[entry])]
         for layer, entry in zip(layers, entries)
     )
     if not shapes_agree:
@@ -126,6 +130,17 @@ def _pair_auto_named(
             "is it a file for this architecture?"
         )
     return list(zip(layers, entries))
+
+
+def _in_model_layout(layer: keras.layers.Layer, file_arrays: list[np.ndarray]) -> list[np.ndarray]:
+    """The file's arrays for `layer`, a grouped-conv kernel (kh, kw, 1, C*M) reshaped to our
+    DepthwiseConv2D's (kh, kw, C, M); any other array as it is (a wrong shape fails later)."""
+    file_arrays = list(file_arrays)
+    if isinstance(layer, keras.layers.DepthwiseConv2D) and file_arrays:
+        kernel_height, kernel_width, channels, multiplier = layer.kernel.shape
+        if file_arrays[0].shape == (kernel_height, kernel_width, 1, channels * multiplier):
+            file_arrays[0] = file_arrays[0].reshape(kernel_height, kernel_width, channels, multiplier)
+    return file_arrays
 
 
 def _is_biasless_conv(layer: keras.layers.Layer) -> bool:

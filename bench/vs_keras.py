@@ -11,7 +11,8 @@ median of the paired ratios ours / theirs (> 1: ours is faster).
 The pairs are the same networks (equal trainable parameters at 96 px) but for two choices: our
 ResNet-50 is built with `layout="v1"` (stride in the first 1x1 convolution, as keras.applications)
 and has no conv biases before BatchNorm (26,560 parameters fewer, no effect on the outputs);
-ConvNeXt-Tiny's keras model is built without its preprocessing layer, which ours does not have.
+ConvNeXt-Tiny's keras model is built without its preprocessing layer, which ours does not have;
+its depthwise convolutions are grouped Conv2D layers where ours are DepthwiseConv2D (same weights).
 """
 
 from __future__ import annotations

@@ -34,6 +34,11 @@ def _layer_shapes(model: keras.Model) -> list[tuple[str, list[tuple[int, ...]]]]
     ]
 
 
+def _as_depthwise_kernel(grouped_kernel: np.ndarray) -> np.ndarray:
+    """keras.applications' grouped-conv kernel (7, 7, 1, C) as a DepthwiseConv2D kernel (7, 7, C, 1)."""
+    return np.swapaxes(grouped_kernel, 2, 3)
+
+
 def _randomise(model: keras.Model, seed: int) -> None:
     """Random LayerNorm scales and shifts, biases and layer-scale gammas (non-tiny, so every
     block's branch counts); convolution and dense kernels keep their random initialisation."""
@@ -51,10 +56,15 @@ def _randomise(model: keras.Model, seed: int) -> None:
 
 
 def _copy_weights_by_name(source: keras.Model, target: keras.Model) -> int:
-    """Copy every weighted layer of `source` (nested ones included) into `target`'s layer of the same name."""
+    """Copy every weighted layer of `source` (nested ones included) into `target`'s layer of the
+    same name, grouped depthwise kernels swapped into our DepthwiseConv2D layout."""
     copied = 0
     for layer in _flat_weighted_layers(source):
-        target.get_layer(layer.name).set_weights(layer.get_weights())
+        target_layer = target.get_layer(layer.name)
+        weights = layer.get_weights()
+        if isinstance(target_layer, keras.layers.DepthwiseConv2D):
+            weights[0] = _as_depthwise_kernel(weights[0])
+        target_layer.set_weights(weights)
         copied += 1
     return copied
 
@@ -100,11 +110,31 @@ def test_convnext_tiny_weighted_layers_match_keras_applications_flattened():
         weights=None, include_preprocessing=False, input_shape=COMPARISON_SHAPE
     )
     ours = architectures.build("convnext_tiny", input_shape=COMPARISON_SHAPE)
-    assert _layer_shapes(ours) == _layer_shapes(reference)
+    # Ours is a DepthwiseConv2D where keras.applications has a grouped Conv2D: the kernel's
+    # last two axes are swapped, (7, 7, C, 1) for (7, 7, 1, C), every other shape is equal.
+    reference_shapes = [
+        (name, [(7, 7, shapes[0][3], 1), *shapes[1:]] if name.endswith("_depthwise_conv") else shapes)
+        for name, shapes in _layer_shapes(reference)
+    ]
+    assert _layer_shapes(ours) == reference_shapes
     assert [layer.name for layer in reference.layers if isinstance(layer, keras.Sequential)] == [
         "convnext_tiny_stem",
         *(f"convnext_tiny_downsampling_block_{index}" for index in range(3)),
     ]
+
+
+@builds_models
+def test_convnext_depthwise_convolutions_are_depthwise_conv2d_layers():
+    # Not a grouped Conv2D (keras.applications' layer): TensorFlow's CPU grouped convolution is
+    # many times slower than its depthwise kernel.
+    model = architectures.build("convnext_tiny", num_classes=10, input_shape=(8, 8, 3), small_input=True)
+    depthwise = [layer for layer in model.layers if layer.name.endswith("_depthwise_conv")]
+    assert len(depthwise) == sum(SPECS["convnext_tiny"].stage_depths)
+    for layer in depthwise:
+        channels = layer.input.shape[-1]
+        assert isinstance(layer, keras.layers.DepthwiseConv2D), layer.name
+        assert (tuple(layer.kernel.shape), tuple(layer.bias.shape)) == ((7, 7, channels, 1), (channels,))
+    assert not [layer.name for layer in model.layers if getattr(layer, "groups", 1) > 1]
 
 
 @builds_models

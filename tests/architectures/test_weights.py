@@ -13,6 +13,7 @@ import pytest
 from keras.src.legacy.saving import legacy_h5_format
 
 import architectures
+from architectures.weights import load_weights
 from tests.architectures.keras_reference import randomise_weights
 
 INPUT_SHAPE = (64, 64, 3)
@@ -126,3 +127,40 @@ def test_own_weights_of_another_shape_are_refused(tmp_path):
     architectures.build("resnet20", num_classes=10, input_shape=(28, 28, 1)).save_weights(path)
     with pytest.raises(architectures.UserError, match="cannot load"):
         architectures.build("resnet20", num_classes=7, input_shape=(28, 28, 1), weights=str(path))
+
+
+def _single_layer_model(layer: keras.layers.Layer, input_shape: tuple[int, int, int]) -> keras.Model:
+    images = keras.Input(input_shape)
+    return keras.Model(images, layer(images))
+
+
+@pytest.mark.parametrize("depth_multiplier", [1, 2])
+def test_grouped_conv_kernel_loads_into_depthwise_conv(depth_multiplier, tmp_path):
+    # keras.applications' ConvNeXt stores its depthwise convolutions as Conv2D(groups=C),
+    # kernel (kh, kw, 1, C*M); ours are DepthwiseConv2D, kernel (kh, kw, C, M).
+    channels, input_shape = 3, (9, 9, 3)
+    grouped = _single_layer_model(
+        keras.layers.Conv2D(channels * depth_multiplier, 5, padding="same", groups=channels, name="dw"), input_shape
+    )
+    randomise_weights(grouped, seed=8)
+    weights_path = tmp_path / "grouped.h5"
+    write_legacy_h5(grouped, weights_path)
+
+    depthwise = _single_layer_model(
+        keras.layers.DepthwiseConv2D(5, padding="same", depth_multiplier=depth_multiplier, name="dw"), input_shape
+    )
+    load_weights(depthwise, str(weights_path))
+    images = np.random.default_rng(9).normal(size=(2, *input_shape)).astype("float32")
+    np.testing.assert_allclose(np.asarray(depthwise(images)), np.asarray(grouped(images)), atol=1e-5)
+
+
+@pytest.mark.parametrize(("kernel_size", "channels"), [(3, 3), (5, 4)], ids=["kernel_size", "channels"])
+def test_grouped_conv_kernel_of_another_shape_is_refused_by_depthwise_conv(kernel_size, channels, tmp_path):
+    grouped = _single_layer_model(
+        keras.layers.Conv2D(channels, kernel_size, padding="same", groups=channels, name="dw"), (9, 9, channels)
+    )
+    weights_path = tmp_path / "grouped.h5"
+    write_legacy_h5(grouped, weights_path)
+    depthwise = _single_layer_model(keras.layers.DepthwiseConv2D(5, padding="same", name="dw"), (9, 9, 3))
+    with pytest.raises(architectures.UserError, match=r"layer 'dw' has weights of shapes \[\(\d, \d, 1, \d\)"):
+        load_weights(depthwise, str(weights_path))
