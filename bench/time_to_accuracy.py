@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import shlex
-import statistics
 import subprocess
 import sys
 import time
@@ -30,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.common import REPO_ROOT, BenchContext
+from bench.common import REPO_ROOT, BenchContext, median
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +127,7 @@ def measure_recipe(recipe: Recipe, seeds: tuple[int, ...], context: BenchContext
         row.update(returncode=failed[0]["returncode"], error=f"seed {failed[0]['seed']}: {failed[0]['error']}",
                    log=failed[0]["log"], wall_seconds=first["wall_seconds"])  # fmt: skip
         return row
-    median_of = lambda key: statistics.median(run[key] for run in runs)  # noqa: E731
+    median_of = lambda key: median([run[key] for run in runs])  # noqa: E731
     row.update(
         returncode=0,
         cores=first["cores"],
@@ -144,7 +143,7 @@ def measure_recipe(recipe: Recipe, seeds: tuple[int, ...], context: BenchContext
         row["run_dir"] = first["run_dir"]  # seed 0's, exported by table 5
     if "parameters" in first:
         row["parameters"] = first["parameters"]
-    row["goal_met"] = row["test_accuracy"] >= GOAL_ACCURACY and row["wall_seconds"] <= GOAL_SECONDS
+    row["goal_met"] = _meets_goal(row["test_accuracy"], row["wall_seconds"])
     row["runs_meeting_goal"] = sum(run["goal_met"] for run in runs)
     logger.info(
         "time to accuracy %s: median %.2f%% in %.0f s over seeds %s", recipe.key,
@@ -174,9 +173,13 @@ def measure_run(recipe: Recipe, seed: int, context: BenchContext) -> dict[str, A
         logger.warning("time to accuracy %s seed %d failed (exit %d): %s", recipe.key, seed, returncode, run["error"])
         return run
     run.update(_keras_result(result) if recipe.run_name is None else _pipeline_result(result))
-    run["goal_met"] = run["test_accuracy"] >= GOAL_ACCURACY and wall_seconds <= GOAL_SECONDS
+    run["goal_met"] = _meets_goal(run["test_accuracy"], wall_seconds)
     logger.info("time to accuracy %s seed %d: %.2f%% in %.0f s", recipe.key, seed, 100 * run["test_accuracy"], wall_seconds)
     return run
+
+
+def _meets_goal(test_accuracy: float, wall_seconds: float) -> bool:
+    return test_accuracy >= GOAL_ACCURACY and wall_seconds <= GOAL_SECONDS
 
 
 def _run_pinned(command: list[str], log_path: Path, timeout: float) -> tuple[int, float, int]:
