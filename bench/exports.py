@@ -2,8 +2,9 @@
 
 `pipeline.export.export_run` does the measuring (each artefact run on the run's test split and
 compared with the float32 Keras model; latency is the median of its batch-1 calls: the
-SavedModel's `serving_default` on PNG bytes, TFLite in the LiteRT interpreter with XNNPACK on
-one thread). The run is table 4(a)'s (the default recipe), else, outside --quick,
+SavedModel's `serving_default` on PNG bytes on TensorFlow's default thread pool, one thread per
+core; TFLite in the LiteRT interpreter with XNNPACK on one thread, as a phone app would run it;
+each row records its thread count). The run is table 4(a)'s (the default recipe), else, outside --quick,
 `runs/fashion_mnist-resnet20` when it is complete. Exports go to a temporary directory, deleted
 afterwards: the table keeps the figures, not the files.
 """
@@ -55,6 +56,7 @@ def run(context: BenchContext) -> dict[str, Any]:
             "top1_agreement": artefact.top1_agreement,
             "max_abs_prob_diff": artefact.max_abs_prob_diff,
             "batch1_latency_ms": round(artefact.batch1_latency_ms, 3),
+            "latency_threads": artefact.latency_threads,
             "notes": artefact.notes,
         }
         for artefact in report.artefacts

@@ -140,8 +140,7 @@ def _vs_keras(table: dict[str, Any]) -> str:
         f"`tf.function` train step ({settings['optimizer']}, cross-entropy) and forward for both models; "
         f"{settings['repeats']} samples of {settings['calls_per_sample']} calls each per model, ours and theirs "
         "alternating; ratio = median of paired ratios ours / theirs (> 1: ours faster). Our ResNet-50 is built with "
-        "layout v1 (keras's stride placement) and has no conv biases before BatchNorm; ConvNeXt-Tiny's keras model is "
-        "built without its preprocessing layer.\n"
+        "layout v1 (keras's stride placement); where the two models differ, the row's note says how.\n"
     )
     rows = [
         [
@@ -149,13 +148,13 @@ def _vs_keras(table: dict[str, Any]) -> str:
             f"{row['theirs_parameters']:,}", _rate(row["train_ours_images_per_second"]),
             _rate(row["train_theirs_images_per_second"]), _ratio(row["train_ratio"]),
             _rate(row["inference_ours_images_per_second"]), _rate(row["inference_theirs_images_per_second"]),
-            _ratio(row["inference_ratio"]),
+            _ratio(row["inference_ratio"]), row.get("note") or "-",
         ]
         for row in table["rows"]
     ]  # fmt: skip
     header = ["model", "ours", "keras.applications", "params ours", "params keras", "train img/s ours",
-              "train img/s keras", "train ratio", "infer img/s ours", "infer img/s keras", "infer ratio"]  # fmt: skip
-    return method + "\n" + _markdown_table(header, rows, "lllrrrrrrrr")
+              "train img/s keras", "train ratio", "infer img/s ours", "infer img/s keras", "infer ratio", "note"]  # fmt: skip
+    return method + "\n" + _markdown_table(header, rows, "lllrrrrrrrrl")
 
 
 def _pipeline(table: dict[str, Any]) -> str:
@@ -212,12 +211,13 @@ def _time_to_accuracy(table: dict[str, Any]) -> str:
     seeds = settings.get("seeds", [0])
     method = (
         f"Each recipe is a separate process pinned to {settings['cores']} cores, run once per seed ({', '.join(map(str, seeds))}), "
-        "one run after the other; the table gives the median run, and every run under \"runs\". Wall time: "
+        "one run after the other. Each row is one run, the median run: the seed whose test accuracy is the median "
+        "(the lower middle for an even count), with that run's own wall and training time; every run is under \"runs\". Wall time: "
         "process start to exit (imports, data, training, test evaluation, plots, saving). Test accuracy: the official "
         "10,000 test images. Training s: the epochs' own clocks (training and validation); other s: the rest of the wall "
-        "time (start-up, data loading, test evaluation, plots, saving). Curve: seed 0's validation accuracy (the last 10% "
+        "time (start-up, data loading, test evaluation, plots, saving). Curve: the median run's validation accuracy (the last 10% "
         "of the training images) at the end of each epoch against the training clock. Goal: "
-        f"{settings['goal_accuracy']:.1%} within {settings['goal_seconds'] / 60:.0f} minutes end to end, judged on the median.\n"
+        f"{settings['goal_accuracy']:.1%} within {settings['goal_seconds'] / 60:.0f} minutes end to end, judged on the median run.\n"
     )
     rows, curves = [], []
     for row in table["rows"]:
@@ -231,7 +231,8 @@ def _time_to_accuracy(table: dict[str, Any]) -> str:
         if not failed and runs:
             goal += f" ({row['runs_meeting_goal']} of {len(runs)} runs)"
         rows.append([
-            row["title"], f"`{row['command']}`", "failed" if failed else _percent(row["test_accuracy"]),
+            row["title"], f"`{row['command']}`", "-" if failed else f"seed {row['median_seed']}",
+            "failed" if failed else _percent(row["test_accuracy"]),
             f"{row['wall_seconds']:,.0f}", "-" if failed else f"{row['train_seconds']:,.0f}",
             "-" if failed else f"{row['wall_seconds'] - row['train_seconds']:,.0f}",
             "-" if failed else row["epochs"], goal, per_run or "-",
@@ -241,12 +242,12 @@ def _time_to_accuracy(table: dict[str, Any]) -> str:
         else:
             points = ", ".join(f"{point['seconds']:,.0f} s {point['val_accuracy']:.1%}" for point in row["curve"])
             curves.append(f"- {row['title']}: {points}")
-    header = ["recipe", "command (seed 0)", "test accuracy", "wall s", "training s", "other s", "epochs", "goal met", "runs"]
+    header = ["recipe", "command (seed 0)", "median run", "test accuracy", "wall s", "training s", "other s", "epochs", "goal met", "runs"]
     reference = table["reference"]
     reference_rows = [[model, preprocessing, f"{accuracy:.3f}"] for model, preprocessing, accuracy in reference["rows"]]
     return "\n".join([
         method,
-        _markdown_table(header, rows, "llrrrrrll"),
+        _markdown_table(header, rows, "lllrrrrrll"),
         "Validation accuracy by epoch (training clock):\n",
         "\n".join(curves) + "\n",
         f"Published results for comparison (source: {reference['source']}):\n",
@@ -258,18 +259,20 @@ def _exports(table: dict[str, Any]) -> str:
     method = (
         f"`pipeline.export.export_run` on `{table['run_dir']}`, every artefact run on {table['test_images']:,} test "
         "images and compared with the float32 Keras model; latency: median of batch-1 calls on this CPU "
-        "(SavedModel: `serving_default` on PNG bytes, decoding included; TFLite: LiteRT interpreter, XNNPACK, 1 thread).\n"
+        "(SavedModel: `serving_default` on PNG bytes, decoding included, TensorFlow's default thread pool; TFLite: LiteRT "
+        "interpreter, XNNPACK); the threads column gives the CPU threads each runtime used for those calls.\n"
     )
-    rows = [["Keras (float32 reference)", "-", "-", _percent(table["keras_test_accuracy"]), "-", "-", "-"]]
+    rows = [["Keras (float32 reference)", "-", "-", _percent(table["keras_test_accuracy"]), "-", "-", "-", "-"]]
     rows += [
         [
             row["format"], row["quantization"], _size(row["size_bytes"]), _percent(row["test_accuracy"]),
             _percent(row["top1_agreement"]), f"{row['max_abs_prob_diff']:.1e}", f"{row['batch1_latency_ms']:.2f}",
+            str(row.get("latency_threads", "-")),
         ]
         for row in table["rows"]
     ]  # fmt: skip
-    header = ["format", "quantization", "size", "test accuracy", "top-1 agreement", "max abs prob diff", "batch-1 ms"]
-    return method + "\n" + _markdown_table(header, rows, "llrrrrr")
+    header = ["format", "quantization", "size", "test accuracy", "top-1 agreement", "max abs prob diff", "batch-1 ms", "threads"]
+    return method + "\n" + _markdown_table(header, rows, "llrrrrrr")
 
 
 def _gpu(table: dict[str, Any]) -> str:

@@ -45,12 +45,15 @@ class Pair:
     ours_options: dict[str, Any]
     theirs: str  # keras.applications constructor
     theirs_options: dict[str, Any]
+    note: str = ""  # where the two models are not the same network, said in the row
 
 
 PAIRS = (
-    Pair("ResNet-50", "resnet50", {"layout": "v1"}, "ResNet50", {}),
+    Pair("ResNet-50", "resnet50", {"layout": "v1"}, "ResNet50", {},
+         "ours has no conv biases before BatchNorm (which cancels them): 26,560 parameters fewer"),  # fmt: skip
     Pair("DenseNet-121", "densenet121", {}, "DenseNet121", {}),
-    Pair("ConvNeXt-Tiny", "convnext_tiny", {}, "ConvNeXtTiny", {"include_preprocessing": False}),
+    Pair("ConvNeXt-Tiny", "convnext_tiny", {}, "ConvNeXtTiny", {"include_preprocessing": False},
+         "keras's model built without its preprocessing layer"),  # fmt: skip
     Pair("MobileNetV2", "mobilenet_v2", {}, "MobileNetV2", {}),
     Pair("VGG-16", "vgg16", {}, "VGG16", {}),
 )
@@ -129,6 +132,7 @@ def measure_pair(pair: Pair, settings: VsKerasSettings) -> dict[str, Any]:
     release_models()
     return {
         "model": pair.label,
+        "note": pair.note,
         "ours": pair.ours + "".join(f", {key}={value!r}" for key, value in pair.ours_options.items()),
         "theirs": f"keras.applications.{pair.theirs}"
         + "".join(f", {key}={value!r}" for key, value in pair.theirs_options.items()),

@@ -88,6 +88,7 @@ class ArtefactReport:
     top1_agreement: float  # fraction of test images with the float32 Keras model's top-1
     max_abs_prob_diff: float  # largest |probability - Keras probability| over images and classes
     batch1_latency_ms: float  # median of LATENCY_REPEATS single-image calls on this CPU
+    latency_threads: int  # CPU threads the runtime used for those calls
     notes: str  # how it was run
 
 
@@ -386,6 +387,7 @@ def _measured(
     probabilities: np.ndarray,
     eval_set: _EvalSet,
     latency_ms: float,
+    latency_threads: int,
     notes: str,
 ) -> ArtefactReport:
     """The report of an artefact whose float32 (N, K) `probabilities` on `eval_set` are measured."""
@@ -399,6 +401,7 @@ def _measured(
         top1_agreement=float(np.mean(probabilities.argmax(1) == keras_probabilities.argmax(1))),
         max_abs_prob_diff=float(np.max(np.abs(probabilities - keras_probabilities))),
         batch1_latency_ms=latency_ms,
+        latency_threads=latency_threads,
         notes=notes,
     )
     logger.info(
@@ -407,6 +410,11 @@ def _measured(
         report.max_abs_prob_diff, latency_ms, _human_size(report.size_bytes),
     )
     return report
+
+
+def _cpu_threads() -> int:
+    """The threads TensorFlow's and onnxruntime's default pools use: one per usable core."""
+    return tf.config.threading.get_intra_op_parallelism_threads() or len(os.sched_getaffinity(0))
 
 
 def _median_latency_ms(call: Callable[[], object]) -> float:
@@ -534,8 +542,8 @@ def _export_saved_model(
     probabilities = np.concatenate([serve(**{IMAGE_BYTES_INPUT: tf.constant(batch)})["probabilities"].numpy() for batch in batches])
     single = tf.constant(encoded[:1])
     latency = _median_latency_ms(lambda: serve(**{IMAGE_BYTES_INPUT: single}))
-    notes = "serving_default on PNG-encoded test images, TensorFlow on this CPU"
-    return _measured("saved_model", "none", directory, probabilities, eval_set, latency, notes)
+    notes = "serving_default on PNG-encoded test images, TensorFlow's default thread pool on this CPU"
+    return _measured("saved_model", "none", directory, probabilities, eval_set, latency, _cpu_threads(), notes)
 
 
 # ----------------------------------------------------------------------------- TFLite
@@ -615,6 +623,7 @@ class TFLiteClassifier:
     def __init__(self, path: Path, num_threads: int = 1):
         from ai_edge_litert.interpreter import Interpreter
 
+        self.num_threads = num_threads
         self.interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
         self.interpreter.allocate_tensors()
         self.input = self.interpreter.get_input_details()[0]
@@ -709,11 +718,11 @@ def _export_tflite(
     (directory / f"{stem}.labels.txt").write_text("\n".join(class_names) + "\n")
     probabilities = np.stack([classifier.probabilities(image) for image in eval_set.images])
     latency = _median_latency_ms(lambda: classifier.probabilities(eval_set.images[0]))
-    notes = "LiteRT interpreter, XNNPACK, 1 thread, batch 1"
+    notes = f"LiteRT interpreter, XNNPACK, {classifier.num_threads} thread(s), batch 1"
     if classifier.input["dtype"] == np.int8:
         scale, zero_point = classifier.input["quantization"]
         notes += f"; int8 input scale {scale:.4g} zero point {zero_point}"
-    return _measured("tflite", quantization, path, probabilities, eval_set, latency, notes)
+    return _measured("tflite", quantization, path, probabilities, eval_set, latency, classifier.num_threads, notes)
 
 
 # ----------------------------------------------------------------------------- ONNX
@@ -729,13 +738,17 @@ def _export_onnx(model: keras.Model, eval_set: _EvalSet, directory: Path, model_
     forward = tf.function(lambda pixels: model(pixels, training=False), input_signature=signature)
     path = directory / f"{model_name}.onnx"
     tf2onnx.convert.from_function(forward, input_signature=signature, output_path=str(path))
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = _cpu_threads()
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name
     pixels = eval_set.images.astype(np.float32)
     batches = [pixels[start : start + SAVED_MODEL_EVAL_BATCH] for start in range(0, len(pixels), SAVED_MODEL_EVAL_BATCH)]
     probabilities = np.concatenate([session.run(None, {input_name: batch})[0] for batch in batches])
     latency = _median_latency_ms(lambda: session.run(None, {input_name: pixels[:1]}))
-    return _measured("onnx", "none", path, probabilities, eval_set, latency, "onnxruntime CPUExecutionProvider")
+    return _measured(
+        "onnx", "none", path, probabilities, eval_set, latency, options.intra_op_num_threads, "onnxruntime CPUExecutionProvider"
+    )
 
 
 # ----------------------------------------------------------------------------- files

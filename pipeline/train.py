@@ -157,11 +157,25 @@ class _EMAWarmup:
                 average.assign(momentum * average + (1.0 - momentum) * variable)
 
 
-class _SGDWithEMAWarmup(_EMAWarmup, keras.optimizers.SGD):
+class _DecayKernelsOnly:
+    """Decoupled weight decay on kernels only, for every family: not on biases, BatchNorm or
+    LayerNorm scales and offsets, LayerScale/Affine factors, ViT's class token or position
+    embedding (timm's rule: no decay on 1-D parameters, tokens and embeddings).
+
+    Keras decays every variable unless told otherwise (`_use_weight_decay` is True for all).
+    Conv, depthwise, separable and dense kernels are all named `...kernel`; under TensorFlow
+    the name may carry a `:0` suffix.
+    """
+
+    def _use_weight_decay(self, variable):
+        return variable.name.split(":")[0].endswith("kernel")
+
+
+class _SGDWithEMAWarmup(_EMAWarmup, _DecayKernelsOnly, keras.optimizers.SGD):
     pass
 
 
-class _AdamWWithEMAWarmup(_EMAWarmup, keras.optimizers.AdamW):
+class _AdamWWithEMAWarmup(_EMAWarmup, _DecayKernelsOnly, keras.optimizers.AdamW):
     pass
 
 
