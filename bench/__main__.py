@@ -22,7 +22,8 @@ from pipeline.quiet_start import import_tensorflow_quietly
 import_tensorflow_quietly()
 
 from architectures.errors import UserError  # noqa: E402  (after TensorFlow's quiet import)
-from bench.common import REPO_ROOT, BenchContext, load_results, machine, save_results, write_text_atomically  # noqa: E402
+from bench.common import REPO_ROOT, BenchContext, load_results, machine, save_results  # noqa: E402
+from pipeline.files import write_text_atomically  # noqa: E402
 from bench.report import render  # noqa: E402
 
 logger = logging.getLogger("bench")

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.files import write_text_atomically
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -211,14 +213,6 @@ class TrainingProbe:
 
 
 # ----------------------------------------------------------------------------- files
-
-
-def write_text_atomically(path: Path, text: str) -> None:
-    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    temporary.write_text(text)
-    os.replace(temporary, path)
 
 
 def load_results(path: Path) -> dict[str, Any]:

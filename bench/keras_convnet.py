@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import write_text_atomically
+from pipeline.files import write_text_atomically
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import tempfile
 from dataclasses import asdict
@@ -24,6 +23,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
+from pipeline.files import write_atomically
 from pipeline.train import EpochRecord, LoopState
 
 logger = logging.getLogger(__name__)
@@ -80,9 +80,5 @@ class BackupManager:
 
 
 def save_best_weights(model: keras.Model, run_dir: Path) -> Path:
-    """Atomically replace `best.weights.h5` (Keras insists on the suffix, so the temp name keeps it)."""
-    final_path = Path(run_dir) / BEST_WEIGHTS
-    temporary_path = final_path.with_name(f".tmp-{os.getpid()}-{BEST_WEIGHTS}")
-    model.save_weights(temporary_path)
-    os.replace(temporary_path, final_path)
-    return final_path
+    """Atomically replace `best.weights.h5`."""
+    return write_atomically(Path(run_dir) / BEST_WEIGHTS, model.save_weights)

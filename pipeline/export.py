@@ -54,6 +54,7 @@ import tensorflow as tf
 from architectures.errors import UserError
 from pipeline import data
 from pipeline.config import from_yaml_file
+from pipeline.files import write_text_atomically
 from pipeline.run import CONFIG_FILE, load_run_model, predict_probabilities
 
 logger = logging.getLogger(__name__)
@@ -192,7 +193,7 @@ def export_run(
 
     artefacts = _export_versions(export_dir, model_name, version, formats, export_format)
     if "saved_model" in formats:
-        _write_atomically(export_dir / SERVING_CONFIG_FILE, serving_config_text(export_dir).encode())
+        write_text_atomically(export_dir / SERVING_CONFIG_FILE, serving_config_text(export_dir))
     report = ExportReport(
         run_dir=run_dir,
         model_name=model_name,
@@ -203,7 +204,7 @@ def export_run(
         artefacts=artefacts,
         path=export_dir / REPORT_FILE,
     )
-    _write_atomically(report.path, (json.dumps(report.to_dict(), indent=2) + "\n").encode())
+    write_text_atomically(report.path, json.dumps(report.to_dict(), indent=2) + "\n")
     return report
 
 
@@ -767,9 +768,3 @@ def _human_size(size_bytes: int) -> str:
         return f"{size_bytes / 1024:.1f} KB"
     return f"{size_bytes / 1024**2:.1f} MB"
 
-
-def _write_atomically(path: Path, content: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    temporary.write_bytes(content)
-    os.replace(temporary, path)

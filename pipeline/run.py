@@ -20,7 +20,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -36,6 +35,7 @@ from architectures.errors import UserError
 from pipeline import augment, data, evaluate
 from pipeline.checkpoints import BEST_WEIGHTS, BackupManager, save_best_weights
 from pipeline.config import RunConfig, from_yaml_file, to_dict, to_yaml
+from pipeline.files import write_atomically, write_text_atomically
 from pipeline.strategy import describe as describe_strategy
 from pipeline.strategy import is_chief, make_strategy, strategy_name
 from pipeline.train import (
@@ -208,7 +208,7 @@ def _train_in(config: RunConfig, strategy, run_dir: Path, work_dir: Path, chief:
     )
     if chief:
         work_dir.mkdir(parents=True, exist_ok=True)
-        _write_text_atomically(work_dir / CONFIG_FILE, to_yaml(config))
+        write_text_atomically(work_dir / CONFIG_FILE, to_yaml(config))
     state = backups.restore() or LoopState()
 
     trainer = Trainer(
@@ -283,7 +283,7 @@ def _train_in(config: RunConfig, strategy, run_dir: Path, work_dir: Path, chief:
 
     report, test_images, probabilities, test_labels = _evaluate_model(model, splits)
     _save_model(model, run_dir)
-    _write_text_atomically(run_dir / LABELS_FILE, "\n".join(splits.class_names) + "\n")
+    write_text_atomically(run_dir / LABELS_FILE, "\n".join(splits.class_names) + "\n")
     evaluate.plot_learning_curves(run_dir / HISTORY_FILE, run_dir / "learning_curves.png")
     evaluate.plot_confusion_matrix(report, run_dir / "confusion_matrix.png")
     evaluate.plot_misclassified(test_images, test_labels, probabilities, splits.class_names, run_dir / "misclassified.png")
@@ -334,9 +334,7 @@ def predict_probabilities(model: keras.Model, images: np.ndarray) -> np.ndarray:
 
 
 def _save_model(model: keras.Model, run_dir: Path) -> None:
-    temporary = run_dir / f".tmp-{os.getpid()}-{MODEL_FILE}"
-    model.save(temporary)
-    os.replace(temporary, run_dir / MODEL_FILE)
+    write_atomically(run_dir / MODEL_FILE, model.save)
 
 
 def _write_history_csv(path: Path, history: list[EpochRecord]) -> None:
@@ -345,13 +343,7 @@ def _write_history_csv(path: Path, history: list[EpochRecord]) -> None:
     writer.writeheader()
     for record in history:  # Keras CSVLogger's convention: 0-based "epoch"
         writer.writerow({**asdict(record), "epoch": record.epoch - 1})
-    _write_text_atomically(path, buffer.getvalue())
-
-
-def _write_text_atomically(path: Path, text: str) -> None:
-    temporary = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    temporary.write_text(text)
-    os.replace(temporary, path)
+    write_text_atomically(path, buffer.getvalue())
 
 
 # ----------------------------------------------------------------------------- evaluate, predict
