@@ -27,7 +27,7 @@ STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker")
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = "fashion_mnist"  # fashion_mnist | mnist | tfds:NAME | folder:PATH | idx:DIR
+    dataset: str = "fashion_mnist"  # fashion_mnist | mnist | tfds:NAME | folder:PATH or DIR | idx:DIR
     data_dir: str | None = None  # TFDS data_dir; None: TFDS's default (~/tensorflow_datasets)
     download: bool = True  # let TFDS download when no prepared copy exists
     image_size: int | None = None  # square side fed to the model, pixels; None: the source's own
@@ -104,8 +104,10 @@ class RunConfig:
 
 
 def _slug(text: str) -> str:
-    """'folder:/data/my photos' -> 'folder-my_photos'."""
-    kind, _, rest = text.partition(":")
+    """'folder:/data/my photos' -> 'folder-my_photos'; '/data/my photos' -> 'my_photos'."""
+    kind, separator, rest = text.partition(":")
+    if not separator:  # a name, or a bare directory: its last part (not '._photos' for ./photos)
+        kind = Path(text).name or text
     tail = Path(rest).name if rest else ""
     slug = f"{kind}-{tail}" if tail else kind
     return "".join(character if character.isalnum() or character in "-_." else "_" for character in slug)
@@ -306,20 +308,15 @@ def validate(config: RunConfig) -> None:
         config.distribute.strategy in STRATEGIES,
         f"distribute.strategy must be one of {', '.join(STRATEGIES)}; got {config.distribute.strategy!r}",
     )
-    _validate_dataset_name(data.dataset)
+    _validate_dataset(data.dataset)
     _validate_architecture(config)
 
 
-def _validate_dataset_name(dataset: str) -> None:
-    kind, separator, rest = dataset.partition(":")
-    if dataset in ("fashion_mnist", "mnist"):
-        return
-    _require(
-        separator and kind in ("tfds", "folder", "idx") and rest,
-        f"data.dataset must be fashion_mnist, mnist, tfds:NAME, folder:PATH or idx:DIR; got {dataset!r}",
-    )
-    if kind in ("folder", "idx"):
-        _require(Path(rest).is_dir(), f"data.dataset: no such {'image folder' if kind == 'folder' else 'IDX directory'}: {rest}")
+def _validate_dataset(dataset: str) -> None:
+    """The rule lives with the data sources; imported here, as pipeline.data imports this module."""
+    from pipeline.data import parse_dataset
+
+    parse_dataset(dataset)
 
 
 def _validate_architecture(config: RunConfig) -> None:

@@ -8,7 +8,7 @@ into `(float32 images 0..255 (B, H, W, C), float32 one-hot labels (B, num_classe
                           (/usr/share/datasets/fashion-mnist), else a TFDS download
     idx:DIR               MNIST-format IDX files (LeCun et al. 1998), gzipped or not
     tfds:NAME             any TFDS image classification dataset ("image" and "label" features)
-    folder:PATH           one subfolder per class, optionally under train/ val/ test/
+    folder:PATH or DIR    one subfolder per class, optionally under train/ val/ test/
 
 Image folders are decoded once, up front, with Pillow (torchvision's `ImageFolder` loader
 does the same: `convert("RGB")`), so one bad file is skipped and reported before training
@@ -90,22 +90,51 @@ BUILTIN_DATASETS = {
 }
 
 
+@dataclass(frozen=True)
+class DatasetSource:
+    """`data.dataset` parsed: which loader reads it, and from what."""
+
+    kind: str  # "builtin", "tfds", "idx" or "folder"
+    argument: str  # the builtin's or TFDS's dataset name, or the directory (with ~ expanded)
+
+
+def parse_dataset(dataset: str) -> DatasetSource:
+    """The source `dataset` names; an existing directory without a prefix is an image folder.
+
+    The one rule for `data.dataset`: `validate()` calls it before any heavy work. Known names
+    and prefixes come first, so a directory called `mnist` needs `folder:mnist`.
+    """
+    if dataset in BUILTIN_DATASETS:
+        return DatasetSource("builtin", dataset)
+    kind, separator, argument = dataset.partition(":")
+    if separator and argument and kind == "tfds":
+        return DatasetSource(kind, argument)
+    if separator and argument and kind in ("idx", "folder"):
+        directory = Path(argument).expanduser()
+        if not directory.is_dir():
+            what = "IDX directory" if kind == "idx" else "image folder"
+            raise UserError(f"data.dataset: {what} not found: {directory}")
+        return DatasetSource(kind, str(directory))
+    directory = Path(dataset).expanduser()
+    if dataset and directory.is_dir():  # Path("") is the working directory
+        return DatasetSource("folder", str(directory))
+    raise UserError(
+        "data.dataset must be fashion_mnist, mnist, tfds:NAME, folder:PATH, idx:DIR or the path of an existing "
+        f"directory (an image folder); got {dataset!r}"
+    )
+
+
 def load_splits(config: DataConfig, seed: int) -> DatasetSplits:
     """The train/validation/test splits of `config.dataset`; `seed` fixes folder splits."""
-    kind, _, argument = config.dataset.partition(":")
-    if config.dataset in BUILTIN_DATASETS:
-        splits = _load_builtin(config.dataset, config)
-    elif kind == "idx" and argument:
-        directory = Path(argument).expanduser()
-        splits = _splits_from_idx(directory, config, None, f"IDX files in {directory}")
-    elif kind == "tfds" and argument:
-        splits = _load_tfds(argument, config)
-    elif kind == "folder" and argument:
-        splits = _load_folder(Path(argument).expanduser(), config, seed)
+    source = parse_dataset(config.dataset)
+    if source.kind == "builtin":
+        splits = _load_builtin(source.argument, config)
+    elif source.kind == "tfds":
+        splits = _load_tfds(source.argument, config)
+    elif source.kind == "idx":
+        splits = _splits_from_idx(Path(source.argument), config, None, f"IDX files in {source.argument}")
     else:
-        raise UserError(
-            f"data.dataset must be fashion_mnist, mnist, tfds:NAME, folder:PATH or idx:DIR; got {config.dataset!r}"
-        )
+        splits = _load_folder(Path(source.argument), config, seed)
     logger.info(
         "data: %s; images %s; %d classes; %d train, %d validation, %d test examples",
         splits.source, "x".join(map(str, splits.image_shape)), len(splits.class_names),
@@ -605,14 +634,14 @@ def _decode_image_file(path: Path, side: int, channels: int) -> np.ndarray | str
         return "unreadable"
     if not data:
         return "empty"
+    mode = "RGB" if channels == 3 else "L"
+    # A skipped file must never stop the scan, and Pillow signals a damaged file with almost any
+    # exception, from `open` as much as from decoding: a PNG, BMP or JPEG cut inside its header
+    # raises OSError("Truncated File Read") from `open`; plugins also raise SyntaxError, ValueError,
+    # EOFError, struct.error, IndexError or TypeError. So this `try` holds Pillow's calls on the
+    # file's content and nothing else: a bug in our own code still stops the run with a traceback.
     try:
         image = Image.open(io.BytesIO(data))
-    except UnidentifiedImageError:
-        return "not an image"
-    mode = "RGB" if channels == 3 else "L"
-    # A skipped file must never stop the scan, and Pillow's plugins signal a damaged file with
-    # OSError, SyntaxError, ValueError, EOFError, struct.error or DecompressionBombError.
-    try:
         image.draft(mode, (side, side))  # JPEG: decode at 1/2, 1/4 or 1/8 scale when that is enough
         image.load()  # decodes everything, so truncation shows here
         image = ImageOps.exif_transpose(image)  # phone photos store their rotation in EXIF
@@ -621,11 +650,14 @@ def _decode_image_file(path: Path, side: int, channels: int) -> np.ndarray | str
         image = image.convert(mode)  # CMYK, palette, RGBA, 16-bit: one mode; alpha is dropped
         if image.size != (side, side):
             image = image.resize((side, side), Image.Resampling.BILINEAR)  # antialiased when shrinking
-        pixels = np.asarray(image, dtype=np.uint8)
+    except UnidentifiedImageError:  # no format could read its header
+        return "not an image"
+    except Image.DecompressionBombError:  # over twice Image.MAX_IMAGE_PIXELS, or a header that says so
+        return "too large"
     except Exception as error:  # noqa: BLE001 - see above
         logger.debug("cannot decode %s: %s", path, error)
         return "truncated" if "truncated" in str(error).lower() else "corrupt"
-    return pixels.reshape(side, side, channels)
+    return np.asarray(image, dtype=np.uint8).reshape(side, side, channels)
 
 
 def _decode_split(
@@ -644,8 +676,6 @@ def _decode_split(
 
 def _load_folder(root: Path, config: DataConfig, seed: int) -> DatasetSplits:
     """Decode every file of every class folder once; skip (and report) what cannot be decoded."""
-    if not root.is_dir():
-        raise UserError(f"image folder not found: {root}")
     class_names, candidates, note = _folder_layout(root, config, seed)
     if not candidates["train"]:
         raise UserError(f"image folder {root} has no files in its class folders")

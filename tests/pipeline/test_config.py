@@ -89,6 +89,30 @@ def test_validate_rejects_impossible_configs(assignments, message):
         validate(load_config(assignments=assignments))
 
 
+def test_an_existing_directory_is_accepted_as_an_image_folder_and_names_the_run(tmp_path):
+    photos = tmp_path / "my photos"
+    photos.mkdir()
+    config = load_config(assignments=[f"data.dataset={photos}"])
+    validate(config)
+    assert config.run_dir.name == "my_photos-resnet20"
+    assert load_config(assignments=[f"data.dataset=folder:{photos}"]).run_dir.name == "folder-my_photos-resnet20"
+
+
+@pytest.mark.parametrize(
+    "dataset, message",
+    [
+        ("/no/such/photos", "data.dataset must be fashion_mnist, mnist, tfds:NAME, folder:PATH, idx:DIR or the path "
+                            "of an existing directory (an image folder); got '/no/such/photos'"),
+        ("folder:/no/such/photos", "data.dataset: image folder not found: /no/such/photos"),
+        ("idx:/no/such/files", "data.dataset: IDX directory not found: /no/such/files"),
+    ],
+)  # fmt: skip
+def test_missing_directories_are_one_line_user_errors(dataset, message):
+    with pytest.raises(UserError) as raised:
+        validate(load_config(assignments=[f"data.dataset={dataset}"]))
+    assert str(raised.value) == message
+
+
 def test_small_input_is_automatic_below_the_family_minimum():
     config = load_config(assignments=["model.arch=resnet18"])
     assert use_small_input(config.model, 28) is True

@@ -2,8 +2,10 @@
 folders written here, and Debian's Fashion-MNIST files when installed."""
 
 import gzip
+import io
 import logging
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +18,11 @@ from architectures.errors import UserError
 from pipeline.config import DataConfig
 from pipeline.data import (
     FASHION_MNIST_CLASSES,
+    DatasetSource,
+    _decode_image_file,
     channel_statistics,
     load_splits,
+    parse_dataset,
     train_pipeline,
 )
 
@@ -378,6 +383,178 @@ def test_unusable_folder_is_a_one_line_user_error(tmp_path, layout, message):
 def test_unknown_dataset_kind_is_a_user_error():
     with pytest.raises(UserError, match="data.dataset must be"):
         load_splits(DataConfig(dataset="csv:labels.csv"), seed=0)
+
+
+# ----------------------------------------------------------------------------- dataset names
+
+
+def test_dataset_names_parse_to_their_source(tmp_path):
+    assert parse_dataset("fashion_mnist") == DatasetSource("builtin", "fashion_mnist")
+    assert parse_dataset("tfds:cifar10") == DatasetSource("tfds", "cifar10")
+    assert parse_dataset(f"idx:{tmp_path}") == DatasetSource("idx", str(tmp_path))
+    assert parse_dataset(f"folder:{tmp_path}") == DatasetSource("folder", str(tmp_path))
+    assert parse_dataset(str(tmp_path)) == DatasetSource("folder", str(tmp_path))
+
+
+def test_known_names_win_over_a_directory_of_the_same_name(tmp_path, monkeypatch):
+    (tmp_path / "mnist").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert parse_dataset("mnist") == DatasetSource("builtin", "mnist")
+    assert parse_dataset("folder:mnist") == DatasetSource("folder", "mnist")
+
+
+@pytest.mark.parametrize("dataset", ["csv:labels.csv", "imagenet", "/no/such/photos", "tfds:", "folder:", ""])
+def test_unknown_dataset_is_a_one_line_user_error_naming_it_and_the_forms(dataset):
+    with pytest.raises(UserError) as error:
+        parse_dataset(dataset)
+    message = str(error.value)
+    assert f"got {dataset!r}" in message
+    assert "tfds:NAME, folder:PATH, idx:DIR or the path of an existing directory" in message
+    assert "\n" not in message
+
+
+def test_a_file_is_not_an_image_folder(tmp_path):
+    (tmp_path / "photo.png").write_bytes(b"a file, not a directory")
+    with pytest.raises(UserError, match="data.dataset must be"):
+        parse_dataset(str(tmp_path / "photo.png"))
+    with pytest.raises(UserError, match="image folder not found"):
+        parse_dataset(f"folder:{tmp_path / 'photo.png'}")
+
+
+def test_bare_directory_loads_as_the_same_image_folder_as_its_folder_form(tmp_path):
+    write_class_images(tmp_path / "a", [1, 2, 3, 4, 5])
+    write_class_images(tmp_path / "b", [6, 7, 8, 9, 10])
+    bare = load_splits(DataConfig(dataset=str(tmp_path), image_size=8, validation_fraction=0.2), seed=0)
+    prefixed = load_splits(DataConfig(dataset=f"folder:{tmp_path}", image_size=8, validation_fraction=0.2), seed=0)
+    assert bare.class_names == prefixed.class_names == ("a", "b")
+    assert bare.num_examples == prefixed.num_examples == {"train": 6, "validation": 2, "test": 2}
+    for role in ("train", "validation", "test"):
+        for bare_array, prefixed_array in zip(as_arrays(getattr(bare, role)), as_arrays(getattr(prefixed, role))):
+            assert np.array_equal(bare_array, prefixed_array), role
+
+
+# ----------------------------------------------------------------------------- damaged image files
+
+# The folder decoder, `decode(path, side, channels) -> uint8 (side, side, channels) | skip reason`.
+# The tests below take it from here, so a replacement decoder runs through the same tests.
+FOLDER_DECODERS = {"pillow": _decode_image_file}
+DAMAGED_REASONS = {"not an image", "truncated", "corrupt"}  # what a cut or scrambled file may be called
+DECODE_SIDE = 12  # pixels; the samples are 16x16, so decoding also resizes
+HEADER_BYTES = 64  # cuts before this fall in the headers, and no sample's pixels fit in so few bytes
+
+# 16x16 noise in every format the folder source meets (it tries Pillow on any file): noise, so
+# every body is long; several JPEG, PNG and GIF flavours, since each takes its own decoder path.
+SAMPLE_ENCODERS = {
+    "baseline.jpg": lambda image, out: image.save(out, "JPEG", quality=90),
+    "progressive.jpg": lambda image, out: image.save(out, "JPEG", quality=90, progressive=True),
+    "rgb.png": lambda image, out: image.save(out, "PNG"),
+    "grey_alpha.png": lambda image, out: image.convert("LA").save(out, "PNG"),
+    "palette_transparent.png": lambda image, out: image.quantize(16).save(out, "PNG", transparency=0),
+    "rgb.bmp": lambda image, out: image.save(out, "BMP"),
+    "animated.gif": lambda image, out: image.save(out, "GIF", save_all=True, append_images=[image.rotate(90)]),
+    "rgb.webp": lambda image, out: image.save(out, "WEBP", quality=90),
+    "rgb.tiff": lambda image, out: image.save(out, "TIFF"),
+}
+
+
+# Pillow's TIFF plugin warns about each damaged tag it skips: expected for these files.
+ignore_damaged_tiff_warnings = pytest.mark.filterwarnings("ignore::UserWarning:PIL.TiffImagePlugin")
+
+
+@pytest.fixture(params=sorted(FOLDER_DECODERS))
+def decode(request):
+    return FOLDER_DECODERS[request.param]
+
+
+def encoded_sample(name: str) -> bytes:
+    """The 16x16 noise image encoded as `name` (see SAMPLE_ENCODERS)."""
+    noise = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    SAMPLE_ENCODERS[name](Image.fromarray(noise), buffer)
+    return buffer.getvalue()
+
+
+def decode_file(decode, path: Path, data: bytes) -> np.ndarray | str:
+    """`data` written to `path` and decoded; a raised exception fails the test naming the file."""
+    path.write_bytes(data)
+    try:
+        return decode(path, DECODE_SIDE, 3)
+    except Exception as error:  # noqa: BLE001 - the failure message names the file that raised
+        pytest.fail(f"decoding {path.name} raised {type(error).__name__}: {error}")
+
+
+def assert_pixels(result, label: str) -> None:
+    assert isinstance(result, np.ndarray), f"{label}: {result!r}"
+    assert result.shape == (DECODE_SIDE, DECODE_SIDE, 3) and result.dtype == np.uint8, label
+
+
+def assert_pixels_or_reason(result, reasons: set[str], label: str) -> None:
+    if isinstance(result, str):
+        assert result in reasons, f"{label}: skipped as {result!r}, expected one of {sorted(reasons)}"
+    else:
+        assert_pixels(result, label)
+
+
+def truncation_offsets(size: int) -> list[int]:
+    """Every offset inside the headers, then 16 spread over the body."""
+    body = np.linspace(HEADER_BYTES, size - 1, 16).astype(int).tolist()
+    return sorted({*range(1, HEADER_BYTES), *body} & set(range(1, size)))
+
+
+@ignore_damaged_tiff_warnings
+@pytest.mark.parametrize("name", sorted(SAMPLE_ENCODERS))
+def test_file_cut_at_any_offset_is_skipped_as_damaged_never_raised(decode, name, tmp_path):
+    data = encoded_sample(name)
+    assert_pixels(decode_file(decode, tmp_path / name, data), f"{name} whole")
+    for offset in truncation_offsets(len(data)):
+        result = decode_file(decode, tmp_path / f"cut{offset}-{name}", data[:offset])
+        label = f"{name} cut at byte {offset} of {len(data)}"
+        if offset < HEADER_BYTES:
+            assert isinstance(result, str), f"{label}: pixels from a header alone"
+        assert_pixels_or_reason(result, DAMAGED_REASONS, label)
+
+
+@ignore_damaged_tiff_warnings
+@pytest.mark.parametrize("name", sorted(SAMPLE_ENCODERS))
+def test_fuzzed_files_never_stop_the_decoder(decode, name, tmp_path):
+    """Seeded damage: a few bytes overwritten (in the header or anywhere), and a real header's
+    start followed by random garbage, all with the format's extension."""
+    data = encoded_sample(name)
+    rng = np.random.default_rng([7, zlib.crc32(name.encode())])
+    for trial in range(200):
+        if trial % 3 == 2:
+            damaged = data[: rng.integers(0, HEADER_BYTES)] + rng.bytes(int(rng.integers(1, 2 * len(data))))
+        else:
+            damaged = bytearray(data)
+            span = HEADER_BYTES if trial % 3 == 0 else len(data)
+            for position in rng.integers(0, span, size=rng.integers(1, 9)):
+                damaged[position] = rng.integers(0, 256)
+        result = decode_file(decode, tmp_path / f"fuzz{trial}-{name}", bytes(damaged))
+        assert_pixels_or_reason(result, DAMAGED_REASONS | {"too large"}, f"{name} fuzz trial {trial}")
+
+
+def test_image_over_the_decompression_bomb_limit_is_skipped_as_too_large(decode, tmp_path, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 16 * 16 // 4)  # Pillow refuses over twice this
+    assert decode_file(decode, tmp_path / "huge.png", encoded_sample("rgb.png")) == "too large"
+
+
+def test_empty_and_unreadable_files_are_skipped_with_their_reason(decode, tmp_path):
+    assert decode_file(decode, tmp_path / "empty.png", b"") == "empty"
+    (tmp_path / "folder.png").mkdir()
+    assert decode(tmp_path / "folder.png", DECODE_SIDE, 3) == "unreadable"
+
+
+def test_folder_with_files_cut_inside_their_headers_skips_and_counts_them(tmp_path, caplog):
+    write_class_images(tmp_path / "a", [1, 2, 3])
+    write_class_images(tmp_path / "b", [4, 5, 6])
+    for name, offset in (("rgb.png", 20), ("rgb.bmp", 30), ("animated.gif", 40), ("baseline.jpg", 50)):
+        (tmp_path / "a" / f"cut {name}").write_bytes(encoded_sample(name)[:offset])
+    config = DataConfig(dataset=f"folder:{tmp_path}", image_size=8, validation_fraction=0.0)
+    with caplog.at_level(logging.WARNING, logger="pipeline.data"):
+        splits = load_splits(config, seed=0)
+    assert splits.skipped == {"truncated": 3, "not an image": 1}  # Pillow cannot identify a GIF cut in its palette
+    assert splits.num_examples == {"train": 6, "validation": 0, "test": 0}
+    assert "skipped 4 of 10 files" in caplog.text
 
 
 # ----------------------------------------------------------------------------- pipelines
