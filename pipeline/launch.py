@@ -48,16 +48,17 @@ def tf_config(ports: list[int], index: int) -> str:
     )
 
 
-def launch(workers: int, train_arguments: list[str], run_dir: Path, cli_path: Path) -> int:
-    """Run `workers` processes to completion; returns the exit code to report."""
+def launch(workers: int, cli_arguments: list[str], run_dir: Path, cli_path: Path) -> int:
+    """Run `workers` processes of `cli_path` with `cli_arguments` (a `train` command line) and
+    `--strategy multi_worker` to completion; returns the exit code to report."""
     if workers < 1:
         raise UserError(f"--workers must be >= 1, got {workers}")
-    if any(argument.startswith("--strategy") for argument in train_arguments):
-        raise UserError("launch sets --strategy multi_worker itself; drop --strategy")
+    if any(argument.startswith(("--strategy", "--set=distribute.strategy")) for argument in cli_arguments):
+        raise UserError("launch sets --strategy multi_worker itself; drop --strategy and distribute.strategy")
     ports = free_loopback_ports(workers)
     log_dir = Path(f"{run_dir}.workers")
     log_dir.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, str(cli_path), "train", *train_arguments, "--strategy", "multi_worker"]
+    command = [sys.executable, str(cli_path), *cli_arguments, "--strategy", "multi_worker"]
     processes: list[subprocess.Popen] = []
     log_files = []
     for index in range(workers):

@@ -324,11 +324,12 @@ def _collect(dataset: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(images), np.concatenate(labels).astype(np.int64)
 
 
-def predict_probabilities(model: keras.Model, images: np.ndarray) -> np.ndarray:
+def predict_probabilities(model: keras.Model, images: np.ndarray, batch_size: int = PREDICTION_BATCH) -> np.ndarray:
+    """Pixels [N, H, W, C] -> probabilities [N, K], `batch_size` images per forward pass."""
     forward = tf.function(lambda batch: model(batch, training=False))
     outputs = [
-        forward(tf.convert_to_tensor(images[start : start + PREDICTION_BATCH], tf.float32)).numpy()
-        for start in range(0, len(images), PREDICTION_BATCH)
+        forward(tf.convert_to_tensor(images[start : start + batch_size], tf.float32)).numpy()
+        for start in range(0, len(images), batch_size)
     ]
     return np.concatenate(outputs)
 
@@ -370,10 +371,14 @@ def load_run_model(path: str | Path) -> tuple[keras.Model, tuple[str, ...], Path
     return model, class_names, run_dir
 
 
-def evaluate_run(path: str | Path, *, dataset: str | None = None, batch_size: int = 256) -> str:
-    """Evaluate a run's model on its test split (or on `dataset`'s); writes evaluation.json beside it."""
+def evaluate_run(path: str | Path, *, dataset: str | None = None, batch_size: int | None = None) -> str:
+    """Evaluate a run's model on its test split (or on `dataset`'s), `batch_size` images per forward
+    pass (None: PREDICTION_BATCH); writes evaluation.json beside it."""
     import dataclasses
 
+    batch_size = PREDICTION_BATCH if batch_size is None else batch_size
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {batch_size}")
     model, class_names, run_dir = load_run_model(path)
     if run_dir is not None and (run_dir / CONFIG_FILE).is_file():
         data_config = from_yaml_file(run_dir / CONFIG_FILE).data
@@ -391,7 +396,7 @@ def evaluate_run(path: str | Path, *, dataset: str | None = None, batch_size: in
     if len(splits.class_names) != len(class_names):
         raise UserError(f"{data_config.dataset} has {len(splits.class_names)} classes; the model predicts {len(class_names)}")
     images, labels = _collect(splits.test)
-    probabilities = predict_probabilities(model, images)
+    probabilities = predict_probabilities(model, images, batch_size)
     report = evaluate.classification_report(labels, probabilities, class_names)
     destination = (run_dir or Path(path).parent) / "evaluation.json"
     evaluate.write_metrics_json(destination, report, extra={"evaluated": {"dataset": data_config.dataset, "source": splits.source}})

@@ -1,8 +1,11 @@
 """The command line's contract for bad input: one line on stderr, exit code 2, no traceback,
-nothing written; and the `models` table."""
+nothing written; the `models` table; and the `train` command line `launch` gives its workers."""
+
+import sys
 
 import pytest
 
+import run_pipeline
 from tests.cli import run_cli
 
 
@@ -31,6 +34,9 @@ def assert_one_line_user_error(result, message: str) -> None:
         (["export", "--run-dir", "no/such/run"], "run directory not found: no/such/run"),
         (["predict", "--server", "http://127.0.0.1:9", "image.png"], "--server needs --model-name"),
         (["predict", "image.png"], "one of the arguments --run-dir --server is required"),
+        (["evaluate", "--run-dir", "no/such/run", "--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+        (["launch", "--workers=0"], "--workers must be >= 1, got 0"),
+        (["launch", "--workers=2", "--set", "distribute.strategy=mirrored"], "launch sets --strategy multi_worker itself"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(arguments, message, tmp_path):
@@ -46,3 +52,36 @@ def test_models_table_lists_parameters_and_gmacs():
     assert list(rows) == ["resnet18", "resnet101", "resnet110", "resnet152"]
     assert rows["resnet18"][1:] == ["resnet", "11,689,512", "1.814", "224x224x3"]
     assert rows["resnet110"][1] == "small_image"
+
+
+def parse(*argv: str):
+    return run_pipeline._build_parser().parse_args(list(argv))
+
+
+@pytest.mark.parametrize("workers", [["--workers", "2"], ["--workers=2"]], ids=["--workers 2", "--workers=2"])
+def test_launch_gives_each_worker_the_train_command_line_it_was_given(workers):
+    launch = parse(
+        "--verbose", "launch", *workers, "--config=configs/smoke.yaml", "--epochs", "3", "--run-name=-odd",
+        "--set", "train.learning_rate=0.05", "--set=data.max_train_examples=64", "--resume", "--export",
+    )
+    worker = parse(*run_pipeline._worker_arguments(launch))
+    assert launch.workers == 2 and worker.command == "train"
+    assert {**vars(worker), "command": "launch", "workers": 2} == vars(launch)
+
+
+def test_launch_called_through_main_reads_its_argv_not_sys_argv(monkeypatch, tmp_path):
+    """Workers are not started here; test_distributed.py starts real ones through the command line."""
+    started = {}
+
+    def record(workers, cli_arguments, run_dir, cli_path):
+        started.update(workers=workers, cli_arguments=cli_arguments, run_dir=run_dir)
+        return 0
+
+    monkeypatch.setattr("pipeline.launch.launch", record)
+    monkeypatch.setattr(sys, "argv", ["pytest"])
+    assert run_pipeline.main(["launch", "--workers=2", "--epochs", "1", "--output-dir", str(tmp_path)]) == 0
+    assert started == {
+        "workers": 2,
+        "cli_arguments": ["train", "--epochs=1", f"--output-dir={tmp_path}"],
+        "run_dir": tmp_path / "fashion_mnist-resnet20",
+    }

@@ -87,7 +87,7 @@ def test_two_workers_on_loopback_train_together_and_only_the_chief_writes(tmp_pa
     scratch = tmp_path / "tmp"  # the workers' TMPDIR: what they leave there is visible
     scratch.mkdir()
     result = run_cli(
-        "launch", "--workers", "2", *EXACT_RUN, "--output-dir", str(tmp_path / "runs"), "--run-name", "cluster",
+        "launch", "--workers=2", *EXACT_RUN, "--output-dir", str(tmp_path / "runs"), "--run-name", "cluster",
         timeout=600, env={"TMPDIR": str(scratch)},
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]

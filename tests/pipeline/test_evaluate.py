@@ -1,14 +1,18 @@
 """Evaluation metrics on a confusion matrix written out by hand, and the files and figures
-built from them (real files in tmp_path, opened with Pillow)."""
+built from them (real files in tmp_path, opened with Pillow); the `evaluate` subcommand on a
+saved model and IDX files written here."""
 
 import json
 import math
 
+import keras
 import numpy as np
 import pytest
 from PIL import Image
 
 from pipeline import evaluate
+from pipeline.run import evaluate_run
+from tests.pipeline.test_data import write_idx_dir
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CLASS_NAMES = ("cat", "dog", "bird")
@@ -330,3 +334,28 @@ def test_misclassified_rejects_images_that_do_not_match_the_labels(tmp_path):
             hand_images(3)[:5], hand_labels(), hand_probabilities(), CLASS_NAMES, tmp_path / "m.png"
         )
     assert not (tmp_path / "m.png").exists()
+
+
+# ----------------------------------------------------------------------------- the `evaluate` subcommand
+
+
+@keras.saving.register_keras_serializable(package="convnets_tests")
+class BatchSizeRecorder(keras.layers.Layer):
+    """The identity; notes the batch size of every concrete batch it is traced with."""
+
+    batch_sizes: list[int] = []
+
+    def call(self, inputs):
+        if inputs.shape[0] is not None:  # None: building the model symbolically
+            BatchSizeRecorder.batch_sizes.append(inputs.shape[0])
+        return inputs
+
+
+def test_evaluate_feeds_the_model_batches_of_the_requested_size(tmp_path):
+    write_idx_dir(tmp_path / "idx", gzipped=True, test_count=10)  # 6x6 gray images of 3 classes
+    layers = [keras.Input((6, 6, 1)), BatchSizeRecorder(), keras.layers.Flatten(), keras.layers.Dense(3, activation="softmax")]
+    keras.Sequential(layers).save(tmp_path / "model.keras")
+    BatchSizeRecorder.batch_sizes.clear()
+    evaluate_run(tmp_path / "model.keras", dataset=f"idx:{tmp_path / 'idx'}", batch_size=4)
+    assert sorted(set(BatchSizeRecorder.batch_sizes)) == [2, 4]  # 10 test images: 4 + 4 + 2
+    assert json.loads((tmp_path / "evaluation.json").read_text())["num_examples"] == 10

@@ -238,9 +238,11 @@ def test_signatures_decode_png_jpeg_gif_bmp_and_give_the_keras_top5(exported, re
 
     png = signatures["serving_default"](image_bytes=tf.constant([encode(image, "PNG") for image in batch]))
     np.testing.assert_allclose(png["probabilities"].numpy(), expected, atol=1e-5)
-    top5 = np.argsort(-expected, axis=1, kind="stable")[:, :5]
-    np.testing.assert_array_equal(png["classes"].numpy(), top5)
-    assert png["labels"].numpy().tolist() == [[class_names[i].encode() for i in row] for row in top5]
+    # A top-5 of Keras's probabilities: where two tie within float noise (other kernels), either order.
+    top5, classes = np.argsort(-expected, axis=1, kind="stable")[:, :5], png["classes"].numpy()
+    assert all(len(set(row)) == 5 for row in classes.tolist())
+    np.testing.assert_allclose(np.take_along_axis(expected, classes, axis=1), np.take_along_axis(expected, top5, axis=1), atol=1e-5)
+    assert png["labels"].numpy().tolist() == [[class_names[i].encode() for i in row] for row in classes]
     np.testing.assert_allclose(png["scores"].numpy(), np.take_along_axis(expected, top5, axis=1), atol=1e-5)
 
     tensor = signatures["image_tensor"](images=tf.constant(batch))
@@ -301,17 +303,19 @@ def test_a_tensorflow_only_process_loads_the_saved_model_and_agrees_with_keras(e
     result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr[-3000:]
     answer = json.loads(result.stdout.strip().splitlines()[-1])
-    keras_top1 = predict_probabilities(model, images[:8].astype(np.float32)).argmax(axis=1)
-    assert answer["top1"] == keras_top1.tolist()
-    assert answer["labels"] == [reference[1][index] for index in keras_top1]
+    keras_probabilities = predict_probabilities(model, images[:8].astype(np.float32))
+    # Keras's top-1, or a class tied with it within float noise (another process, other kernels).
+    np.testing.assert_allclose(keras_probabilities[np.arange(8), answer["top1"]], keras_probabilities.max(axis=1), atol=1e-5)
+    assert answer["labels"] == [reference[1][index] for index in answer["top1"]]
 
 
 # ----------------------------------------------------------------------------- TFLite
 
 
 def run_tflite(path: Path, images: np.ndarray) -> np.ndarray:
-    """Probabilities (N, K) from LiteRT, quantizing int8 inputs and dequantizing int8 outputs."""
-    interpreter = Interpreter(model_path=str(path))
+    """Probabilities (N, K) from LiteRT, quantizing int8 inputs and dequantizing int8 outputs; one
+    thread, as the export report measures, so the accuracies can be compared exactly."""
+    interpreter = Interpreter(model_path=str(path), num_threads=1)
     interpreter.allocate_tensors()
     (given,), (returned,) = interpreter.get_input_details(), interpreter.get_output_details()
     rows = []
@@ -330,6 +334,12 @@ def run_tflite(path: Path, images: np.ndarray) -> np.ndarray:
     return np.stack(rows)
 
 
+def near_tie_fraction(probabilities: np.ndarray, gap: float) -> float:
+    """Fraction of rows [N, K] whose two largest probabilities are less than `gap` apart."""
+    two_largest = np.sort(probabilities, axis=1)[:, -2:]
+    return float(np.mean(two_largest[:, 1] - two_largest[:, 0] < gap))
+
+
 @needs_fashion_mnist
 def test_tflite_models_reproduce_keras_and_int8_stays_close_to_float32(exported, reference):
     _, report = exported
@@ -343,8 +353,10 @@ def test_tflite_models_reproduce_keras_and_int8_stays_close_to_float32(exported,
         assert accuracy == pytest.approx(artefact.test_accuracy, abs=1e-9), quantization
         assert np.abs(probabilities - expected).max() < tolerance[quantization], quantization
         assert artefact.max_abs_prob_diff < tolerance[quantization]
-    assert by_quantization["none"].top1_agreement == 1.0
-    assert report.artefacts[0].top1_agreement == 1.0 and report.artefacts[0].max_abs_prob_diff < 1e-4
+    # Probabilities within 1e-4 of Keras's can pick another top-1 only where Keras's two largest are within 2e-4.
+    assert by_quantization["none"].top1_agreement >= 1.0 - near_tie_fraction(expected, 2 * tolerance["none"])
+    assert report.artefacts[0].max_abs_prob_diff < 1e-4
+    assert report.artefacts[0].top1_agreement >= 1.0 - near_tie_fraction(expected, 2e-4)
     # 256 images of a 2-epoch model: 3 points; the default 10k-image run measured 0.01 (see the lead's notes).
     assert abs(by_quantization["int8"].test_accuracy - by_quantization["none"].test_accuracy) <= 0.03
     assert by_quantization["int8"].top1_agreement >= 0.95
