@@ -1,8 +1,10 @@
 """Training runs end to end through the command line, on real Fashion-MNIST files and on a
 messy image folder: run-directory contents, re-running, resume after SIGKILL, SIGTERM,
-divergence, evaluate and predict."""
+divergence, evaluate and predict; one run with every feature on, and the evidence that each
+took effect (EMA, clipping, mixed float16, XLA, each augmentation)."""
 
 import csv
+import dataclasses
 import json
 import signal
 import time
@@ -14,6 +16,10 @@ import pytest
 from PIL import Image
 
 import architectures  # noqa: F401  (custom layers for load_model)
+from pipeline.augment import build_augmenter
+from pipeline.checkpoints import BackupManager
+from pipeline.config import TrainConfig, from_yaml_file
+from pipeline.train import make_optimizer
 from tests.cli import TINY_RUN, run_cli, start_cli
 from tests.pipeline.test_data import make_messy_folder
 
@@ -206,16 +212,123 @@ def test_main_job_without_a_subcommand_trains_evaluates_and_exports(tmp_path):
     assert {(a["format"], a["quantization"]) for a in report["artefacts"]} >= {("saved_model", "none"), ("tflite", "int8")}
 
 
-@needs_fashion_mnist
-def test_ema_adamw_clipping_float16_xla_and_every_augmentation_run_together(tmp_path):
+EVERYTHING_ON = [
+    "--set", "train.ema_decay=0.9", "--set", "train.optimizer=adamw", "--set", "train.learning_rate=0.003",
+    "--set", "train.gradient_clip_norm=1.0", "--set", "train.precision=mixed_float16", "--set", "train.jit_compile=true",
+    "--set", "augment.random_resized_crop=true", "--set", "augment.rand_augment=true",
+    "--set", "augment.mixup_alpha=0.2", "--set", "augment.cutmix_alpha=1.0", "--set", "augment.random_erasing=0.25",
+]  # pad-crop and flip are on by default
+AUGMENTATIONS_OFF = dict(
+    random_resized_crop=False, random_crop_padding=0, horizontal_flip=False, rand_augment=False,
+    mixup_alpha=0.0, cutmix_alpha=0.0, random_erasing=0.0,
+)
+
+
+@pytest.fixture(scope="module")
+def everything_run(tmp_path_factory):
+    """One tiny run with every feature on, shared by the tests below that each check one of them.
+    TensorFlow's C++ log is on: its XLA line is the evidence that the step was compiled."""
+    output_dir = tmp_path_factory.mktemp("runs")
     result = run_cli(
-        "train", *TINY_RUN, "--output-dir", str(tmp_path), "--run-name", "everything",
-        "--set", "train.ema_decay=0.9", "--set", "train.optimizer=adamw", "--set", "train.learning_rate=0.003",
-        "--set", "train.gradient_clip_norm=1.0", "--set", "train.precision=mixed_float16",
-        "--set", "train.jit_compile=true", "--set", "augment.rand_augment=true", "--set", "augment.mixup_alpha=0.2",
-        "--set", "augment.cutmix_alpha=1.0", "--set", "augment.random_erasing=0.25",
+        "train", *TINY_RUN, *EVERYTHING_ON, "--output-dir", str(output_dir), "--run-name", "everything",
+        env={"TF_CPP_MIN_LOG_LEVEL": "0"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    return output_dir / "everything", result
+
+
+@needs_fashion_mnist
+def test_ema_adamw_clipping_float16_xla_and_every_augmentation_run_together(everything_run):
+    run_dir, result = everything_run
     assert "precision: mixed_float16" in result.stderr
-    metrics = json.loads((tmp_path / "everything" / "metrics.json").read_text())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["top1_accuracy"] > 0.15 and metrics["run"]["precision"] == "mixed_float16"
+    config = from_yaml_file(run_dir / "config.yaml")
+    train = config.train
+    assert (train.ema_decay, train.optimizer, train.gradient_clip_norm, train.precision, train.jit_compile) == (
+        0.9, "adamw", 1.0, "mixed_float16", True
+    )
+    assert [name for name, off in AUGMENTATIONS_OFF.items() if getattr(config.augment, name) == off] == []
+
+
+@needs_fashion_mnist
+def test_run_with_ema_saves_the_average_of_its_best_epoch_not_the_raw_weights(everything_run):
+    run_dir, _ = everything_run
+    config = from_yaml_file(run_dir / "config.yaml")
+    model = keras.models.load_model(run_dir / "model.keras")
+    saved = [variable.numpy() for variable in model.trainable_variables]
+    with open(run_dir / "history.csv") as history:
+        val_accuracies = [float(row["val_accuracy"]) for row in csv.DictReader(history)]
+    best_epoch = int(np.argmax(val_accuracies)) + 1  # the first best, as the run keeps it
+
+    # The backup written after the best epoch holds that epoch's raw weights and the optimizer's
+    # EMA; the run's own optimizer (loss scaling and EMA included) must match it variable for variable.
+    optimizer = make_optimizer(config.train, steps_per_epoch=1)
+    optimizer.build(model.trainable_variables)
+    backups = BackupManager(run_dir, model, optimizer, chief=False)
+    for path in backups.manager.checkpoints:
+        backups.checkpoint.restore(path).assert_consumed()
+        if (int(backups.epoch.numpy()), int(backups.step_in_epoch.numpy())) == (best_epoch, 0):
+            break
+    else:
+        pytest.fail(f"no backup from the end of epoch {best_epoch}")
+    raw = [variable.numpy() for variable in model.trainable_variables]
+    averages = [variable.numpy() for variable in optimizer.inner_optimizer._model_variables_moving_average]
+    assert len(averages) == len(saved) == len(raw)
+    for saved_weight, average in zip(saved, averages):
+        np.testing.assert_array_equal(saved_weight, average, err_msg="model.keras does not hold the EMA")
+    assert not any(np.array_equal(saved_weight, raw_weight) for saved_weight, raw_weight in zip(saved, raw))
+    model.load_weights(run_dir / "best.weights.h5")
+    for best_weight, average in zip(model.trainable_variables, averages):
+        np.testing.assert_array_equal(best_weight.numpy(), average, err_msg="best.weights.h5 does not hold the EMA")
+
+
+@needs_fashion_mnist
+def test_run_in_mixed_float16_computes_every_layer_in_float16_and_outputs_float32(everything_run):
+    run_dir, _ = everything_run
+    model = keras.models.load_model(run_dir / "model.keras")
+    backbone = model.get_layer(from_yaml_file(run_dir / "config.yaml").model.arch)
+    assert {layer.dtype_policy.name for layer in backbone.layers if layer.weights} == {"mixed_float16"}
+    assert {variable.dtype for variable in model.weights} == {"float32"}  # mixed precision keeps float32 weights
+    assert model.output.dtype == "float32"
+
+
+@needs_fashion_mnist
+def test_run_with_jit_compile_compiles_its_step_with_xla(everything_run):
+    _, result = everything_run
+    assert "Compiled cluster using XLA" in result.stderr  # TensorFlow logs it once, on the first XLA compile
+
+
+@needs_fashion_mnist
+def test_each_augmentation_of_the_run_changes_a_batch(everything_run):
+    """Each augmentation in the saved config, alone, through the augmenter the run builds from it."""
+    run_dir, _ = everything_run
+    config = from_yaml_file(run_dir / "config.yaml").augment
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (64, 28, 28, 1)).astype("float32")
+    labels = np.eye(10, dtype="float32")[rng.integers(0, 10, 64)]
+    for name in AUGMENTATIONS_OFF:
+        alone = dataclasses.replace(config, **{**AUGMENTATIONS_OFF, name: getattr(config, name)})
+        augmenter = build_augmenter(alone, image_shape=(28, 28, 1), num_classes=10, seed=0)
+        assert augmenter is not None, f"{name}={getattr(config, name)} alone builds no augmenter"
+        augmented_images, augmented_labels = map(np.asarray, augmenter(images, labels))
+        assert not np.array_equal(augmented_images, images), f"{name} changed no image"
+        if name in ("mixup_alpha", "cutmix_alpha"):
+            assert np.any((augmented_labels > 0) & (augmented_labels < 1)), f"{name} mixed no labels"
+
+
+@pytest.mark.parametrize("precision", ["float32", "mixed_float16"])
+def test_gradient_clipping_scales_a_large_update_to_learning_rate_times_the_bound(precision):
+    """SGD without momentum moves by learning rate x gradient; clipped, the move's norm is lr x bound.
+    Under mixed_float16 the gradient arrives loss-scaled, is unscaled, then clipped."""
+    config = TrainConfig(
+        optimizer="sgd", momentum=0.0, learning_rate=0.1, warmup_epochs=0.0, weight_decay=0.0,
+        gradient_clip_norm=1.0, precision=precision, epochs=1,
+    )
+    optimizer = make_optimizer(config, steps_per_epoch=10)
+    variables = [keras.Variable(np.zeros((3, 4), "float32")), keras.Variable(np.zeros(5, "float32"))]
+    loss_scale = float(optimizer.scale_loss(1.0))  # 1 in float32
+    gradients = [np.full((3, 4), 1e3 * loss_scale, "float32"), np.full(5, -1e3 * loss_scale, "float32")]
+    optimizer.apply_gradients(zip(gradients, variables))
+    update_norm = np.sqrt(sum(np.sum(np.square(variable.numpy())) for variable in variables))
+    assert update_norm == pytest.approx(0.1 * 1.0, rel=1e-5)  # unclipped it would be 0.1 x 4,123
