@@ -1,14 +1,14 @@
 """Evaluation: predictions -> metrics, `metrics.json`, figures and a terminal summary.
 
-Nothing here trains or loads a model: `train.py` runs the model and hands over integer labels
+Nothing here trains or loads a model: `run.py` runs the model and hands over integer labels
 and class probabilities. Metrics follow scikit-learn's `classification_report` with
 `zero_division=0` (a ratio with an empty denominator is 0.0, not an error); the loss is the
 one Keras's sparse categorical cross-entropy gives for the same probabilities. Figures are
 drawn on `matplotlib.figure.Figure` objects and rendered by Agg, with no pyplot: no
 display, no global figure registry to leak from a long training process.
 
-Every file is written to a temp file in its directory and renamed over the target, so a
-reader (or a pre-empted run) never sees half a file.
+Every file goes through `pipeline.files.write_atomically`, so a reader (or a pre-empted run)
+never sees half a file.
 """
 
 from __future__ import annotations
@@ -18,15 +18,15 @@ import json
 import logging
 import math
 import os
-import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+
+from pipeline.files import write_atomically, write_text_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ def write_metrics_json(path: PathLike, report: ClassificationReport, extra: dict
         raise ValueError(f"extra keys {clashing_keys} would overwrite report entries")
     payload.update(extra or {})
     text = json.dumps(payload, indent=2) + "\n"
-    _write_atomically(path, lambda handle: handle.write(text.encode("utf-8")))
+    write_text_atomically(path, text)
     logger.info("wrote %s", path)
 
 
@@ -392,23 +392,5 @@ def _logged_value(text: str | None) -> float:
 
 
 def _save_figure(figure: Figure, png_path: PathLike) -> None:
-    _write_atomically(png_path, lambda handle: figure.savefig(handle, format="png", dpi=FIGURE_DPI))
+    write_atomically(png_path, lambda temporary: figure.savefig(temporary, format="png", dpi=FIGURE_DPI))
     logger.info("wrote %s", png_path)
-
-
-def _write_atomically(path: PathLike, write: Callable[[BinaryIO], Any]) -> None:
-    """Create the parent directories, let `write` fill a temp file next to `path`, then rename it
-    over `path`. On any failure the temp file is removed and `path` keeps its old content."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temp_path = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        # Mode "x" creates the file with the usual umask permissions (mkstemp would give 0600).
-        with open(temp_path, "xb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp_path, target)
-    except BaseException:
-        temp_path.unlink(missing_ok=True)
-        raise

@@ -24,20 +24,20 @@ from architectures.errors import UserError
 logger = logging.getLogger(__name__)
 
 
-def make_strategy(strategy_name: str, cpu_replicas: int = 1) -> tf.distribute.Strategy:
+def make_strategy(name: str, cpu_replicas: int = 1) -> tf.distribute.Strategy:
     """Create the strategy; must run before any other TensorFlow op touches the devices."""
     gpus = tf.config.list_physical_devices("GPU")
-    if strategy_name == "multi_worker":
+    if name == "multi_worker":
         return _multi_worker_strategy()
-    if strategy_name == "mirrored" and not gpus and cpu_replicas > 1:
+    if name == "mirrored" and not gpus and cpu_replicas > 1:
         _split_cpu(cpu_replicas)
         devices = [device.name for device in tf.config.list_logical_devices("CPU")]
         return tf.distribute.MirroredStrategy(devices)
-    if strategy_name == "mirrored":
+    if name == "mirrored":
         return tf.distribute.MirroredStrategy()
-    if strategy_name == "one_device":
+    if name == "one_device":
         return tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0")
-    if strategy_name == "auto" and len(gpus) > 1:
+    if name == "auto" and len(gpus) > 1:
         return tf.distribute.MirroredStrategy()
     return tf.distribute.get_strategy()
 

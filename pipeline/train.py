@@ -15,6 +15,7 @@ where a small model's step is a few milliseconds.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import signal
@@ -179,7 +180,7 @@ class _AdamWWithEMAWarmup(_EMAWarmup, _DecayKernelsOnly, keras.optimizers.AdamW)
     pass
 
 
-def learning_rate_at(optimizer: keras.optimizers.Optimizer) -> float:
+def current_learning_rate(optimizer: keras.optimizers.Optimizer) -> float:
     inner = getattr(optimizer, "inner_optimizer", optimizer)
     return float(inner.learning_rate)
 
@@ -339,7 +340,7 @@ class Trainer:
 
     def ema_weights(self):
         """Context manager: the EMA of the weights in the model while inside (no-op without EMA)."""
-        return _SwappedWeights(self.model, self.optimizer) if self.config.ema_decay else _NoSwap()
+        return _SwappedWeights(self.model, self.optimizer) if self.config.ema_decay else contextlib.nullcontext()
 
     # -- training
 
@@ -383,22 +384,22 @@ class Trainer:
         while state.step_in_epoch < self.steps_per_epoch:
             steps = min(self.config.steps_per_execution, self.steps_per_epoch - state.step_in_epoch)
             call_started = time.perf_counter()
-            chunk = self._train_function(iterator, tf.constant(steps)).numpy()
+            loss_sum, correct, images = self._train_function(iterator, tf.constant(steps)).numpy()
             if state.step_in_epoch > skip:  # the first call traces the function: not throughput
-                timed_images += chunk[2]
+                timed_images += images
                 timed_seconds += time.perf_counter() - call_started
-            totals += chunk
+            totals += (loss_sum, correct, images)
             state.step_in_epoch += steps
-            if not np.isfinite(chunk[0]):
+            if not np.isfinite(loss_sum):
                 raise TrainingStopped(
-                    f"loss became {chunk[0]} at epoch {epoch + 1} step {state.step_in_epoch}; "
+                    f"loss became {loss_sum} at epoch {epoch + 1} step {state.step_in_epoch}; "
                     "lower train.learning_rate or set train.gradient_clip_norm",
                     exit_code=1,
                 )
             if progress:
                 progress.update(
                     state.step_in_epoch,
-                    [("loss", totals[0] / totals[2]), ("accuracy", totals[1] / totals[2]), ("lr", learning_rate_at(self.optimizer))],
+                    [("loss", totals[0] / totals[2]), ("accuracy", totals[1] / totals[2]), ("lr", current_learning_rate(self.optimizer))],
                 )
             if self._stop_requested():
                 on_backup(state)
@@ -422,7 +423,7 @@ class Trainer:
             accuracy=float(totals[1] / max(totals[2], 1)),
             val_loss=float(val_loss),
             val_accuracy=float(val_accuracy),
-            learning_rate=learning_rate_at(self.optimizer),
+            learning_rate=current_learning_rate(self.optimizer),
             seconds=time.perf_counter() - started,
             images_per_second=float(timed_images / timed_seconds) if timed_seconds else float(totals[2] / train_seconds),
         )
@@ -453,12 +454,8 @@ class Trainer:
         """Local stop flag, agreed on by every worker so that all of them back up together."""
         local = 1.0 if self.stop_signal else 0.0
         if self.strategy.extended._in_multi_worker_mode():
-            return bool(_any_worker(self.strategy, local))
+            return bool(_sum_over_workers(self.strategy, tf.constant(local)).numpy())
         return bool(local)
-
-
-def _any_worker(strategy: tf.distribute.Strategy, local_flag: float) -> float:
-    return float(_sum_over_workers(strategy, tf.constant(local_flag)))
 
 
 @tf.function
@@ -489,14 +486,6 @@ class _SwappedWeights:
     def __exit__(self, *exc_info):
         for variable, value in zip(self.model.trainable_variables, self.saved):
             variable.assign(value)
-        return False
-
-
-class _NoSwap:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info):
         return False
 
 
