@@ -46,7 +46,7 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate = subcommands.add_parser("evaluate", help="evaluate a run directory or a saved model on a test set")
     evaluate.add_argument("--run-dir", required=True, help="a run directory (or a .keras model file)")
     evaluate.add_argument("--dataset", help="evaluate on this dataset instead of the run's own")
-    evaluate.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default 256)")
+    evaluate.add_argument("--batch-size", type=int, help="images per forward pass (default 256)")
 
     predict = subcommands.add_parser("predict", help="top-k labels for image files or folders")
     predict.add_argument("images", nargs="+", help="image files or folders of images")
@@ -66,14 +66,16 @@ def _build_parser() -> argparse.ArgumentParser:
 
     models = subcommands.add_parser("models", help="list the zoo: parameters, GMACs, default input size")
     models.add_argument("pattern", nargs="?", default="*", help="shell wildcard, e.g. 'resnet*' (default: all)")
-    models.add_argument("--num-classes", type=int, default=1000, help="classifier width (default 1000)")
+    models.add_argument(
+        "--num-classes", type=int, default=1000, help="classifier width (default 1000; other widths build each variant)"
+    )
     return parser
 
 
 # Flags for the common knobs; anything else with --set section.key=value.
 TRAIN_FLAGS = {
     "arch": ("model.arch", str, "architecture name (see 'models')"),
-    "dataset": ("data.dataset", str, "fashion_mnist, mnist, tfds:NAME, folder:PATH or idx:DIR"),
+    "dataset": ("data.dataset", str, "fashion_mnist, mnist, tfds:NAME, folder:PATH, idx:DIR or an image folder's path"),
     "epochs": ("train.epochs", int, "training epochs"),
     "batch_size": ("train.batch_size", int, "global batch size, all replicas together"),
     "image_size": ("data.image_size", int, "square input side in pixels"),
@@ -165,10 +167,19 @@ def _launch(args: argparse.Namespace) -> int:
     from pipeline.launch import launch
 
     config = _resolved_config(args)  # fail here, once, rather than in every worker
-    train_arguments = [argument for argument in sys.argv[1:] if argument != "launch"]
-    workers_at = train_arguments.index("--workers")
-    del train_arguments[workers_at : workers_at + 2]
-    return launch(args.workers, train_arguments, config.run_dir, Path(__file__).resolve())
+    return launch(args.workers, _worker_arguments(args), config.run_dir, Path(__file__).resolve())
+
+
+def _worker_arguments(args: argparse.Namespace) -> list[str]:
+    """A parsed `launch` command line as the `train` command line each worker runs (no --workers)."""
+    # --flag=value, so a value starting with "-" (--run-name=-x, --seed=-1) stays a value.
+    arguments = [*(["--verbose"] if args.verbose else []), "train"]
+    arguments += [f"--config={args.config}"] if args.config else []
+    for name in TRAIN_FLAGS:
+        if getattr(args, name) is not None:
+            arguments.append(f"--{name.replace('_', '-')}={getattr(args, name)}")
+    arguments += [f"--set={assignment}" for assignment in args.assignments]
+    return arguments + [f"--{flag}" for flag in ("resume", "overwrite", "export") if getattr(args, flag)]
 
 
 def _evaluate(args: argparse.Namespace) -> int:

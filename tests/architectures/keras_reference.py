@@ -1,5 +1,6 @@
 """Helpers for comparing our builders with keras.applications: random weights that keep a
-deep network's activations O(1), and copying weights layer by layer by name."""
+deep network's activations O(1), copying weights layer by layer by name, and building a
+reference only for its names and shapes."""
 
 import keras
 import numpy as np
@@ -28,3 +29,10 @@ def copy_weights_by_name(source: keras.Model, target: keras.Model) -> None:
     for layer in source.layers:
         if layer.weights:
             target.get_layer(layer.name).set_weights(layer.get_weights())
+
+
+def build_keras_uninitialised(keras_builder, **arguments) -> keras.Model:
+    """A keras.applications model with its weights left uninitialised, for comparing layer
+    names and weight shapes (as `architectures.zoo_table.build_uninitialised`)."""
+    with keras.StatelessScope(initialize_variables=False):
+        return keras_builder(**arguments)

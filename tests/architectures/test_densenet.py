@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 
 import architectures
+from architectures.zoo_table import build_uninitialised
+from tests.architectures.keras_reference import build_keras_uninitialised
 from tests.architectures.reference_counts import PARAMS
 
 KERAS_APPLICATIONS = {
@@ -65,21 +67,21 @@ def _fresh_session():
 @pytest.mark.parametrize("name", ["densenet121", "densenet161", "densenet169", "densenet201"])
 def test_densenet_parameter_count_matches_torchvision(name):
     expected, _tolerance, _source = PARAMS[name]
-    assert _trainable_count(architectures.build(name)) == expected
+    assert _trainable_count(build_uninitialised(name)) == expected
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(KERAS_APPLICATIONS))
 def test_densenet_weighted_layers_match_keras_applications(name):
     # Weight shapes do not depend on the input size, so a small input keeps the build cheap.
-    reference = KERAS_APPLICATIONS[name](weights=None, input_shape=(64, 64, 3))
-    ours = architectures.build(name, input_shape=(64, 64, 3))
+    reference = build_keras_uninitialised(KERAS_APPLICATIONS[name], weights=None, input_shape=(64, 64, 3))
+    ours = build_uninitialised(name, input_shape=(64, 64, 3))
     assert _weighted_layers(ours) == _weighted_layers(reference)
 
 
 def test_densenet121_layer_names_match_keras_applications_except_its_auto_named_ones():
-    reference = keras.applications.DenseNet121(weights=None, input_shape=(64, 64, 3))
-    ours = architectures.build("densenet121", input_shape=(64, 64, 3))
+    reference = build_keras_uninitialised(keras.applications.DenseNet121, weights=None, input_shape=(64, 64, 3))
+    ours = build_uninitialised("densenet121", input_shape=(64, 64, 3))
     auto_named = (keras.layers.InputLayer, keras.layers.ZeroPadding2D)
     reference_names = [layer.name for layer in reference.layers if not isinstance(layer, auto_named)]
     our_names = [layer.name for layer in ours.layers if not isinstance(layer, auto_named)]

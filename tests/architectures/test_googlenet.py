@@ -7,6 +7,7 @@ import pytest
 import architectures
 from architectures.errors import UserError
 from architectures.googlenet import _max_pool_ceil
+from architectures.zoo_table import build_uninitialised
 from tests.architectures.reference_counts import PARAMS
 
 # torchvision 0.29.1 googlenet(aux_logits=True, init_weights=False); shared/reference/param_counts.md
@@ -24,7 +25,7 @@ def _random_images(shape: tuple[int, int, int], batch: int = 2) -> np.ndarray:
 @pytest.fixture(scope="module")
 def googlenet_224() -> keras.Model:
     keras.backend.clear_session()
-    return architectures.build("googlenet")
+    return build_uninitialised("googlenet")
 
 
 def test_googlenet_parameter_count_matches_torchvision(googlenet_224):
@@ -33,7 +34,7 @@ def test_googlenet_parameter_count_matches_torchvision(googlenet_224):
 
 def test_googlenet_with_aux_logits_parameter_count_matches_torchvision():
     keras.backend.clear_session()
-    model = architectures.build("googlenet", aux_logits=True)
+    model = build_uninitialised("googlenet", aux_logits=True)
     assert _trainable_params(model) == AUX_LOGITS_PARAMS
     keras.backend.clear_session()
 

@@ -1,22 +1,34 @@
 """Every registered variant, checked the same way (timm's tests/test_models.py pattern):
 parameter count against the reference table, no auto-named layers, output shapes, a forward
-pass, multiply-adds; plus the registry's own behaviour."""
+pass, multiply-adds, the `models` table's figures; plus the registry's own behaviour."""
 
 import re
+from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import architectures
 from architectures import registry
 from architectures.flops import count_macs
+from architectures.zoo_sizes import SIZES
+from architectures.zoo_table import build_uninitialised
 from keras.src.utils.naming import to_snake_case
 from tests.architectures.reference_counts import GMACS, GMACS_TOLERANCE, PARAMS, SMALL_IMAGE_PARAMS
 
 ALL_NAMES = architectures.names()
+# The table reference_counts.py copies, where the shared folder sits beside the repository.
+SHARED_REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "param_counts.md"
 # Forward passes at the default size only where they are cheap on 2 CPU cores.
 CHEAP_AT_DEFAULT_GMACS = 2.0
+# Options adding outputs that only training uses (GoogLeNet's auxiliary classifiers): the gradient
+# step turns them on, so that their layers must get a gradient too.
+TRAINING_OUTPUTS = {"aux_logits": True}
+# Grouped convolutions run XLA-compiled on CPUs, one layer at a time, and so do their gradients:
+# the gradient step alone takes 8 s (resnext50_32x4d) and 23 s (resnext101_32x8d) on 2 cores.
+SLOW_TO_TRAIN = {"resnext50_32x4d", "resnext101_32x8d"}
 
 
 def trainable_parameters(model: keras.Model) -> int:
@@ -43,11 +55,24 @@ def test_every_lecture_variant_is_registered():
     assert expected <= set(ALL_NAMES), sorted(expected - set(ALL_NAMES))
 
 
+@pytest.mark.skipif(not SHARED_REFERENCE.is_file(), reason=f"{SHARED_REFERENCE} is not checked out")
+def test_reference_counts_copy_every_row_of_the_shared_table():
+    rows = re.findall(r"^\| (\w+) \| ([\d,]+) \| (exact|±[\d.]+%) \|", SHARED_REFERENCE.read_text(), re.MULTILINE)
+    assert rows
+    copied = {**PARAMS, **SMALL_IMAGE_PARAMS}
+    for name, count, tolerance in rows:
+        relative = 0.0 if tolerance == "exact" else float(tolerance[1:-1]) / 100
+        assert copied[name][:2] == (int(count.replace(",", "")), pytest.approx(relative)), name
+
+
 @pytest.mark.parametrize("name", ALL_NAMES)
 def test_variant_at_default_size(name):
-    """Builds at its default input: reference parameters, explicit layer names, 1000 outputs."""
+    """Builds at its default input: reference parameters, explicit layer names, 1000 outputs,
+    the `models` table's row (zoo_sizes.py); a forward pass where it is cheap."""
     variant = architectures.info(name)
-    model = architectures.build(name)
+    runs = name in SIZES and SIZES[name][1] / 1e9 < CHEAP_AT_DEFAULT_GMACS
+    # Counting needs no weights, and initialising them is most of a large build's time.
+    model = architectures.build(name) if runs else build_uninitialised(name)
     assert model.name == name
     assert model.input_shape == (None, variant.default_size, variant.default_size, 3)
     outputs = model.outputs
@@ -59,7 +84,10 @@ def test_variant_at_default_size(name):
     macs = count_macs(model)
     if name in GMACS:
         assert macs / 1e9 == pytest.approx(GMACS[name], rel=GMACS_TOLERANCE)
-    if macs / 1e9 < CHEAP_AT_DEFAULT_GMACS:
+    assert SIZES.get(name) == (trainable_parameters(model), macs), (
+        "architectures/zoo_sizes.py is out of date: python -m architectures.zoo_table"
+    )
+    if runs:
         image = np.random.default_rng(0).uniform(-1, 1, (1, *model.input_shape[1:])).astype("float32")
         probabilities = np.asarray(model(image, training=False))
         assert probabilities.shape == (1, 1000)
@@ -67,30 +95,68 @@ def test_variant_at_default_size(name):
         np.testing.assert_allclose(probabilities.sum(axis=-1), 1.0, rtol=1e-4)
 
 
-@pytest.mark.parametrize("name", ALL_NAMES)
-@pytest.mark.parametrize("input_shape", [(32, 32, 3), (28, 28, 1)])
-def test_variant_trains_on_small_images(name, input_shape):
-    """small_input adapts every family to 28-32 px; a tiny batch gives finite outputs and gradients."""
-    model = architectures.build(name, num_classes=10, input_shape=input_shape, small_input=True)
+@pytest.mark.parametrize(
+    "name", [pytest.param(name, marks=pytest.mark.slow) if name in SLOW_TO_TRAIN else name for name in ALL_NAMES]
+)
+def test_variant_trains_on_small_images(name):
+    """small_input adapts every family to 28-32 px: at 32x32x3 inference gives finite probabilities;
+    at 28x28x1 one training-mode step on a batch of 2 gives a finite gradient for every trainable
+    variable, non-zero wherever the variable can change the loss.
+
+    The gradient is taken at one size only: it costs more than the build and the forward pass
+    together (see SLOW_TO_TRAIN), and the two sizes share every layer type.
+    """
+    rng = np.random.default_rng(1)
+    model = architectures.build(name, num_classes=10, input_shape=(32, 32, 3), small_input=True)
     assert auto_named_layers(model) == []
-    images = np.random.default_rng(1).uniform(-1, 1, (2, *input_shape)).astype("float32")
-    outputs = model(images, training=False)
+    outputs = model(rng.uniform(-1, 1, (2, 32, 32, 3)).astype("float32"), training=False)
     outputs = outputs[0] if isinstance(outputs, (list, tuple)) else outputs
     assert outputs.shape == (2, 10)
     assert np.all(np.isfinite(np.asarray(outputs)))
+
+    options = {key: value for key, value in TRAINING_OUTPUTS.items() if key in architectures.info(name).options}
+    model = architectures.build(name, num_classes=10, input_shape=(28, 28, 1), small_input=True, **options)
+    assert auto_named_layers(model) == []
+    images = rng.uniform(-1, 1, (2, 28, 28, 1)).astype("float32")
+    labels = keras.ops.one_hot(rng.integers(0, 10, 2), 10)
+    with tf.GradientTape() as tape:
+        outputs = model(images, training=True)
+        outputs = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+        loss = sum(keras.ops.mean(keras.losses.categorical_crossentropy(labels, output)) for output in outputs)
+    assert np.all(np.isfinite(np.asarray(outputs[0])))
+    gradients = tape.gradient(loss, model.trainable_variables)
+    rounding_only = biases_before_batch_norm(model)
+    for variable, gradient in zip(model.trainable_variables, gradients):
+        assert gradient is not None, f"{variable.path} is not connected to the loss"
+        assert np.all(np.isfinite(np.asarray(gradient))), f"{variable.path} gets a non-finite gradient"
+        if variable.path not in rounding_only:  # see biases_before_batch_norm for the exception
+            assert np.any(np.asarray(gradient) != 0), f"{variable.path} gets a zero gradient"
+
+
+def biases_before_batch_norm(model: keras.Model) -> set[str]:
+    """Biases of layers whose output goes only into BatchNormalization (torchvision's VGG-BN keeps
+    them): in training mode BatchNorm subtracts the batch mean, which removes a constant bias, so
+    its gradient is zero up to rounding (1e-8..1e-5 here, against 0.1..60 for the kernels)."""
+    return {
+        layer.bias.path
+        for layer in model.layers
+        if getattr(layer, "bias", None) is not None
+        and layer._outbound_nodes
+        and all(isinstance(node.operation, keras.layers.BatchNormalization) for node in layer._outbound_nodes)
+    }
 
 
 @pytest.mark.parametrize("name", sorted(SMALL_IMAGE_PARAMS))
 def test_small_image_variant_parameters(name):
     expected, tolerance, source = SMALL_IMAGE_PARAMS[name]
-    model = architectures.build(name, num_classes=10, input_shape=(32, 32, 3))
+    model = build_uninitialised(name, num_classes=10, input_shape=(32, 32, 3))
     assert trainable_parameters(model) == pytest.approx(expected, rel=tolerance), source
 
 
 @pytest.mark.parametrize("name", ["resnet18", "densenet121", "mobilenet_v2"])
 def test_headless_model_pools_features(name):
-    pooled = architectures.build(name, include_top=False, pooling="avg", input_shape=(64, 64, 3))
-    unpooled = architectures.build(name, include_top=False, input_shape=(64, 64, 3))
+    pooled = build_uninitialised(name, include_top=False, pooling="avg", input_shape=(64, 64, 3))
+    unpooled = build_uninitialised(name, include_top=False, input_shape=(64, 64, 3))
     assert len(pooled.output_shape) == 2
     assert len(unpooled.output_shape) == 4
     assert pooled.output_shape[-1] == unpooled.output_shape[-1]

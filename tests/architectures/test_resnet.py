@@ -3,8 +3,11 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import architectures
+from architectures.zoo_table import build_uninitialised
+from tests.architectures.keras_reference import build_keras_uninitialised, randomise_weights
 
 
 @pytest.fixture(autouse=True)
@@ -23,8 +26,8 @@ def weighted_layer_shapes(model: keras.Model) -> dict[str, list[tuple]]:
 )
 def test_v1_layout_has_keras_applications_names_and_shapes(ours, theirs):
     """Every weighted keras.applications layer exists in ours; conv biases are the only extra weights."""
-    reference = weighted_layer_shapes(theirs(weights=None, input_shape=(64, 64, 3)))
-    model = weighted_layer_shapes(architectures.build(ours, layout="v1", input_shape=(64, 64, 3)))
+    reference = weighted_layer_shapes(build_keras_uninitialised(theirs, weights=None, input_shape=(64, 64, 3)))
+    model = weighted_layer_shapes(build_uninitialised(ours, layout="v1", input_shape=(64, 64, 3)))
     assert set(reference) == set(model)
     for name, shapes in reference.items():
         expected = shapes[:1] if name.endswith("_conv") else shapes  # keras convs carry a bias
@@ -36,8 +39,8 @@ def stride_of(model: keras.Model, layer_name: str) -> int:
 
 
 def test_layout_moves_the_stride_between_1x1_and_3x3():
-    torchvision_style = architectures.build("resnet50", input_shape=(64, 64, 3))
-    keras_style = architectures.build("resnet50", layout="v1", input_shape=(64, 64, 3))
+    torchvision_style = build_uninitialised("resnet50", input_shape=(64, 64, 3))
+    keras_style = build_uninitialised("resnet50", layout="v1", input_shape=(64, 64, 3))
     assert (stride_of(torchvision_style, "conv3_block1_1_conv"), stride_of(torchvision_style, "conv3_block1_2_conv")) == (1, 2)
     assert (stride_of(keras_style, "conv3_block1_1_conv"), stride_of(keras_style, "conv3_block1_2_conv")) == (2, 1)
     assert torchvision_style.count_params() == keras_style.count_params()
@@ -45,12 +48,12 @@ def test_layout_moves_the_stride_between_1x1_and_3x3():
 
 @pytest.mark.parametrize("output_stride, dilations", [(32, (1, 1)), (16, (1, 2)), (8, (2, 4))])
 def test_output_stride_replaces_strides_with_dilation(output_stride, dilations):
-    model = architectures.build("resnet50", include_top=False, input_shape=(128, 128, 3), output_stride=output_stride)
+    model = build_uninitialised("resnet50", include_top=False, input_shape=(128, 128, 3), output_stride=output_stride)
     assert model.output_shape == (None, 128 // output_stride, 128 // output_stride, 2048)
     # As torchvision: a dilated stage's first block keeps the previous dilation, the rest use the new one.
     assert model.get_layer("conv4_block2_2_conv").dilation_rate[0] == dilations[0]
     assert model.get_layer("conv5_block2_2_conv").dilation_rate[0] == dilations[1]
-    assert architectures.build("resnet50").count_params() == architectures.build(
+    assert build_uninitialised("resnet50").count_params() == build_uninitialised(
         "resnet50", output_stride=output_stride
     ).count_params()
 
@@ -74,6 +77,32 @@ def test_se_gate_scales_channels_between_zero_and_one():
     values = np.asarray(gate(np.random.default_rng(0).normal(size=(2, 64, 64, 3)).astype("float32")))
     assert values.shape == (2, 1, 1, 256)
     assert np.all((values > 0) & (values < 1))
+
+
+def test_cbam_spatial_gate_sits_in_every_bottleneck_and_changes_the_output():
+    """The reference count's 16 x 100: each bottleneck has a bias-free 7x7 2->1 conv and a
+    BatchNorm (2 trainable), and each of the 16 gates reaches the logits."""
+    model = architectures.build("cbam_resnet50", input_shape=(64, 64, 3), classifier_activation=None)
+    stage_depths = (3, 4, 6, 3)
+    blocks = [f"conv{stage + 2}_block{block + 1}" for stage, depth in enumerate(stage_depths) for block in range(depth)]
+    spatial_convs = [layer for layer in model.layers if layer.name.endswith("_cbam_spatial_conv")]
+    assert [conv.name for conv in spatial_convs] == [f"{block}_cbam_spatial_conv" for block in blocks]
+    for block, conv in zip(blocks, spatial_convs):
+        batch_norm = model.get_layer(f"{block}_cbam_spatial_bn")
+        assert tuple(conv.kernel.shape) == (7, 7, 2, 1) and not conv.use_bias
+        gate_weights = conv.trainable_weights + batch_norm.trainable_weights
+        assert sum(int(np.prod(weight.shape)) for weight in gate_weights) == 100
+
+    randomise_weights(model, seed=3)  # at initialisation a residual branch barely moves the logits
+    images = np.random.default_rng(3).uniform(-1, 1, (2, 64, 64, 3)).astype("float32")
+    forward = tf.function(lambda images: model(images, training=False))  # traced once: 5x faster than eager
+    logits = np.asarray(forward(images))
+    for conv in spatial_convs:
+        kernel = conv.kernel.numpy()
+        conv.kernel.assign(np.zeros_like(kernel))  # the gate becomes a constant sigmoid(0) = 0.5
+        changed = np.asarray(forward(images))
+        conv.kernel.assign(kernel)
+        assert np.abs(changed - logits).max() > 1e-3 * np.abs(logits).max(), conv.name
 
 
 def test_small_input_stem_keeps_28px_resolution_until_conv3():

@@ -7,6 +7,7 @@ import pytest
 
 import architectures
 from architectures import UserError
+from architectures.zoo_table import build_uninitialised
 from tests.architectures.reference_counts import PARAMS
 
 
@@ -26,7 +27,7 @@ def small_vit():
 
 @pytest.mark.slow
 def test_vit_b_16_matches_torchvision_parameter_count_and_attention_weights():
-    model = architectures.build("vit_b_16")
+    model = build_uninitialised("vit_b_16")
     expected, _, source = PARAMS["vit_b_16"]
     assert _trainable_count(model) == expected, source
     # Keras's per-head query/key/value/output kernels hold what torch's in_proj (768 -> 3 * 768)

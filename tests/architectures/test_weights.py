@@ -14,6 +14,7 @@ from keras.src.legacy.saving import legacy_h5_format
 
 import architectures
 from architectures.weights import load_weights
+from architectures.zoo_table import build_uninitialised
 from tests.architectures.keras_reference import randomise_weights
 
 INPUT_SHAPE = (64, 64, 3)
@@ -58,6 +59,50 @@ def test_keras_applications_weights_give_identical_outputs(name, keras_builder, 
     np.testing.assert_allclose(
         keras.ops.softmax(logits / scale), keras.ops.softmax(expected / scale), atol=1e-4
     )
+
+
+def write_keras_2_h5(model: keras.Model, path, file_names: dict[str, str], seed: int) -> dict[str, list[np.ndarray]]:
+    """Random weights for `model`'s layers, written as Keras 2 (tf.keras 2.x
+    `hdf5_format.save_weights_to_hdf5_group`) wrote the files keras.applications downloads:
+    root attributes `layer_names`, `backend`, `keras_version` as bytes; a group per layer,
+    created in name order, whose `weight_names` are the variables' names ("conv1/conv/kernel:0"),
+    trainable first, each a dataset at that path inside the layer's group. `file_names` maps our
+    layer names to the file's where Keras 2 spelled them differently. Returns what was written."""
+    rng = np.random.default_rng(seed)
+    written = {}
+    with h5py.File(path, "w") as weights_file:
+        layer_names = [file_names.get(layer.name, layer.name) for layer in model.layers]
+        weights_file.attrs["layer_names"] = np.asarray([layer_name.encode() for layer_name in layer_names])
+        weights_file.attrs["backend"] = b"tensorflow"
+        weights_file.attrs["keras_version"] = b"2.15.0"
+        for layer in sorted(model.layers, key=lambda layer: file_names.get(layer.name, layer.name)):
+            file_name = file_names.get(layer.name, layer.name)
+            layer_group = weights_file.create_group(file_name)
+            weights = layer.trainable_weights + layer.non_trainable_weights
+            weight_names = [f"{file_name}/{weight.name}:0".encode() for weight in weights]
+            layer_group.attrs["weight_names"] = np.asarray(weight_names)  # an empty float64 array when none, as Keras 2
+            written[layer.name] = [rng.uniform(0.5, 1.5, tuple(weight.shape)).astype("float32") for weight in weights]
+            for weight_name, values in zip(weight_names, written[layer.name]):
+                layer_group.create_dataset(weight_name, data=values)
+    return {name: values for name, values in written.items() if values}
+
+
+def test_keras_2_file_with_slashed_names_and_variable_suffixes_loads_every_weight(tmp_path):
+    # keras.applications' DenseNet files come from Keras 2, which allowed "/" in layer names.
+    file_names = {"conv1_conv": "conv1/conv", "conv1_bn": "conv1/bn", "conv1_relu": "conv1/relu"}
+    weights_path = tmp_path / "densenet121_weights_tf_dim_ordering_tf_kernels.h5"
+    source = build_uninitialised("densenet121", input_shape=(32, 32, 3))  # only its names and shapes
+    written = write_keras_2_h5(source, weights_path, file_names, seed=10)
+    with h5py.File(weights_path, "r") as weights_file:
+        assert "conv1/conv/conv1/conv/kernel:0" in weights_file  # the Keras 2 layout, nested groups and all
+
+    loaded = architectures.build("densenet121", input_shape=(32, 32, 3), weights=str(weights_path))
+    loaded_weights = {layer.name: layer.get_weights() for layer in loaded.layers if layer.weights}
+    assert loaded_weights.keys() == written.keys()
+    for name, arrays in written.items():
+        assert len(loaded_weights[name]) == len(arrays), name
+        for loaded_array, written_array in zip(loaded_weights[name], arrays):
+            np.testing.assert_array_equal(loaded_array, written_array, err_msg=name)
 
 
 def test_resnet_weights_select_the_v1_layout_and_fold_conv_biases(tmp_path):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import architectures
+from architectures.zoo_table import build_uninitialised
 from tests.architectures.keras_reference import randomise_weights
 from tests.architectures.reference_counts import PARAMS
 
@@ -40,7 +41,7 @@ def _names_mapped_to_ours(reference: keras.Model) -> list[str]:
 
 def test_xception_trainable_params_equal_keras_applications():
     keras.backend.clear_session()
-    model = architectures.build("xception")
+    model = build_uninitialised("xception")
     expected, _, _ = PARAMS["xception"]
     assert _trainable_params(model) == expected
     assert tuple(model.get_layer("block14_sepconv2_act").output.shape[1:]) == (10, 10, 2048)
