@@ -173,6 +173,8 @@ class TrainingProbe:
             model = build_training_model(
                 ModelConfig(arch=arch), image_shape=image_shape, num_classes=num_classes,
                 channel_mean=[127.5] * channels, channel_std=[64.0] * channels,
+                batch_norm_momentum=train_config.batch_norm_momentum,
+                synchronized_batch_norm=self.strategy.num_replicas_in_sync > 1,
             )  # fmt: skip
             optimizer = make_optimizer(train_config, steps_per_epoch)  # the recipe's schedule, as in a run
             optimizer.build(model.trainable_variables)
@@ -180,8 +182,7 @@ class TrainingProbe:
         self.trainer = Trainer(
             model=model, optimizer=optimizer, strategy=self.strategy,
             config=dataclasses.replace(train_config, epochs=1), num_classes=num_classes,
-            steps_per_epoch=steps_per_epoch, global_batch_size=self.global_batch_size,
-            sync_batch_norm=True, show_progress=False,
+            steps_per_epoch=steps_per_epoch, global_batch_size=self.global_batch_size, show_progress=False,
         )  # fmt: skip
         # One batch to validate on after each epoch (outside the timed calls), as fit requires.
         self.validation = tf.data.Dataset.from_tensor_slices(

@@ -1,48 +1,23 @@
 """Batch augmentation for training: the one place that chooses between Keras core and keras-cv.
 
-keras-cv 0.9.0 is frozen and Keras core took over its augmentation layers, so Keras core is used wherever it
-has the layer; keras-cv is used nowhere, because the one thing core lacks (an Inception-style crop) is a single
-batched `tf.image` op. Choices, checked against keras 3.15.1 and keras-cv 0.9.0:
+keras-cv 0.9.0 is frozen and Keras core took over its augmentation layers, so Keras core is used
+wherever it has the layer, and keras-cv nowhere: the one thing core lacks, an Inception-style crop,
+is a single batched `tf.image` op. Why each step is built as it is stands on the step; the speed
+of the alternatives is in BENCHMARKS.md (findings).
 
-| augmentation        | library                              | why                                                  |
-|---------------------|--------------------------------------|------------------------------------------------------|
-| pad-crop N px       | Keras core `RandomTranslation`       | `RandomCrop` crops the whole batch at one location;  |
-|                     | (+-N px, zero fill, nearest)         | an integer shift with zero fill is pad-and-crop, per |
-|                     |                                      | image                                                |
-| random resized crop | `tf.image.crop_and_resize`           | core has none; keras-cv `RandomCropAndResize` loops  |
-|                     | (Inception: scale 0.08-1, log-ratio  | per image (vectorized_map falls back to while_loop:  |
-|                     | 3/4-4/3)                             | 7-23 ms vs 0.5-1.3 ms per 128x32x32x3 batch), uses   |
-|                     |                                      | stateful RNG and samples the ratio linearly          |
-| horizontal flip     | Keras core `RandomFlip`              |                                                      |
-| RandAugment         | Keras core: the 11 op layers and     | `RandAugment` picks the ops once per batch and runs  |
-|                     | magnitude mapping of `RandAugment`,  | all 11 per slot (72-81 ms per batch as above); here  |
-|                     | ops chosen per image (as the paper)  | each image gets its own 2 ops and each op runs only  |
-|                     |                                      | on its images (2.5-6 ms). Works on 1 channel as is   |
-|                     |                                      | (colour degeneration is then the identity)           |
-| random erasing      | Keras core `RandomErasing`           | factor (p, p): probability exactly p per image       |
-| MixUp               | Keras core `MixUp`                   |                                                      |
-| CutMix              | Keras core `CutMix` (box, paste)     | its label weight uses the box's real-valued area;    |
-|                     | + label weight from its pixel mask   | here it is the pasted pixel fraction, exactly        |
+Order: geometric (resized crop, pad-crop, flip) -> RandAugment -> random erasing -> MixUp or CutMix
+(with both on, each batch uses one of them with probability 1/2, as timm's `Mixup(switch_prob=0.5)`).
 
-Timings: 2 shared CPU cores, inside `Dataset.map`; everything on (but the resized crop) costs about 20 ms
-per 128x32x32x3 batch.
+Randomness is stateless, so the same seed and batches give the same augmented batches whatever
+`num_parallel_calls` is, even under op determinism: a Keras layer's `SeedGenerator` is a variable
+that parallel `.map` calls would race on. Each batch's key is `fold_in(seed, fingerprint(images))`
+and the k-th draw traced into the graph is `fold_in(key, k)`. (A batch repeated byte for byte gets
+the same augmentation; shuffling makes every epoch's batches new.)
 
-Order: geometric (resized crop, pad-crop, flip) -> RandAugment -> random erasing -> MixUp or CutMix (when both
-are on, each batch uses one of them with probability 1/2, as timm's `Mixup(switch_prob=0.5)`).
-
-Randomness is stateless. A Keras layer draws seeds from a `SeedGenerator`, a variable that parallel `.map`
-calls would race on, so which batch got which draw would depend on thread timing. Here each batch's key is
-`fold_in(seed, fingerprint(batch images))` and the k-th draw traced into the graph is `fold_in(key, k)`: the
-same seed and the same batches give the same augmented batches whatever `num_parallel_calls` is, and the map
-function has no stateful op, so tf.data may run it in parallel even under op determinism. (A batch repeated
-byte for byte would get the same augmentation; shuffling makes every epoch's batches new.)
-
-`rand_augment_magnitude` keeps Keras's meaning: each geometric op draws from [0, magnitude] of its own unit,
-one-sided, so at 0.5 rotations reach 180 degrees and shifts half the image (the paper: 30 degrees, 45%).
-
-Requires the TensorFlow backend (the layers' ops run inside the tf.data graph). Label smoothing is the loss's.
-References: RandAugment (Cubuk et al. 2020), Random Erasing (Zhong et al. 2020), mixup (Zhang et al. 2018),
-CutMix (Yun et al. 2019), Inception crop (Szegedy et al. 2015; torchvision `RandomResizedCrop`).
+Requires the TensorFlow backend (the layers run inside the tf.data graph). Label smoothing is the
+loss's. References: RandAugment (Cubuk et al. 2020), Random Erasing (Zhong et al. 2020), mixup
+(Zhang et al. 2018), CutMix (Yun et al. 2019), Inception crop (Szegedy et al. 2015; torchvision
+`RandomResizedCrop`).
 """
 
 from __future__ import annotations
@@ -201,7 +176,8 @@ def _layer_step(layer: keras.layers.Layer) -> ImageStep:
 def _pad_crop_layer(padding: int, height: int, width: int) -> keras.layers.Layer:
     """Zero-pad by `padding` px then crop back, per image: a shift of -padding..padding px with zero fill.
 
-    Nearest interpolation keeps the shift a whole number of pixels (the sampled real shift is rounded).
+    Not `RandomCrop`, which crops the whole batch at one location. Nearest interpolation keeps the
+    shift a whole number of pixels (the sampled real shift is rounded).
     """
     return keras.layers.RandomTranslation(
         height_factor=padding / height,
@@ -218,7 +194,8 @@ def _random_resized_crop(images: tf.Tensor, seeds: _BatchSeeds, height: int, wid
 
     Area fraction ~ U(0.08, 1), width/height ratio log-uniform in [3/4, 4/3]. A box that does not fit is
     clipped to the image side (torchvision retries 10 times, then takes a centre crop; clipping keeps one
-    batched op).
+    batched op). Keras core has no such layer, and keras-cv's `RandomCropAndResize` loops per image, uses
+    stateful RNG and samples the ratio linearly.
     """
     batch_size = tf.shape(images)[0]
     area = tf.random.stateless_uniform((batch_size,), seeds.next(), *RESIZED_CROP_SCALE)
@@ -233,7 +210,11 @@ def _random_resized_crop(images: tf.Tensor, seeds: _BatchSeeds, height: int, wid
 
 
 def _rand_augment_ops(magnitude: float) -> list[keras.layers.Layer]:
-    """The op layers of `keras.layers.RandAugment(factor=magnitude)`, same arguments and order (keras 3.15)."""
+    """The op layers of `keras.layers.RandAugment(factor=magnitude)`, same arguments and order (keras 3.15).
+
+    `magnitude` keeps Keras's meaning: each geometric op draws from [0, magnitude] of its own unit,
+    one-sided, so at 0.5 rotations reach 180 degrees and shifts half the image (the paper: 30 degrees, 45%).
+    """
     factor = (0, magnitude)  # RandAugment turns its float factor into this range for every op
     shared = {"dtype": "float32"}
     color = {"value_range": PIXEL_RANGE, "dtype": "float32"}
@@ -253,7 +234,11 @@ def _rand_augment_ops(magnitude: float) -> list[keras.layers.Layer]:
 
 
 def _rand_augment(images: tf.Tensor, seeds: _BatchSeeds, ops: list[keras.layers.Layer]) -> tf.Tensor:
-    """Each image gets RAND_AUGMENT_NUM_OPS ops drawn uniformly; each op runs once, on its images only."""
+    """Each image gets RAND_AUGMENT_NUM_OPS ops drawn uniformly; each op runs once, on its images only.
+
+    As the paper, ops are chosen per image; `keras.layers.RandAugment` picks them once per batch and
+    runs all 11 per slot. On one channel colour degeneration is the identity.
+    """
     batch_size = tf.shape(images)[0]
     positions = tf.range(batch_size)
     for _ in range(RAND_AUGMENT_NUM_OPS):

@@ -126,9 +126,8 @@ def _unknown_key(key: str, allowed: list[str], where: str) -> UserError:
     return UserError(f"unknown config key '{where}{key}'{hint}")
 
 
-def _convert(value: Any, annotation: Any, key: str) -> Any:
-    """Check (and for strings from the command line, parse) a value against a field's type."""
-    hint = _resolve(annotation)
+def _convert(value: Any, hint: Any, key: str) -> Any:
+    """Check (and for strings from the command line, parse) a value against a field's type hint."""
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(hint)
@@ -179,13 +178,6 @@ def _convert(value: Any, annotation: Any, key: str) -> Any:
     raise TypeError(f"unsupported config type {hint!r} for {key}")
 
 
-def _resolve(annotation: Any) -> Any:
-    """Annotations are strings under `from __future__ import annotations`."""
-    if isinstance(annotation, str):
-        return eval(annotation, {"Any": Any, "dict": dict, "str": str, "int": int, "float": float, "bool": bool})
-    return annotation
-
-
 def _type_name(hint: Any) -> str:
     return " or ".join(
         "none" if option is type(None) else getattr(option, "__name__", str(option))
@@ -198,6 +190,7 @@ def _apply(config: Any, updates: dict[str, Any], prefix: str = "") -> Any:
     if not isinstance(updates, dict):
         raise UserError(f"config section '{prefix.rstrip('.') or 'root'}' must be a mapping, got {updates!r}")
     fields = _fields(type(config))
+    hints = typing.get_type_hints(type(config))  # the annotations are strings (`from __future__ import annotations`)
     changes = {}
     for key, value in updates.items():
         if key not in fields:
@@ -206,7 +199,7 @@ def _apply(config: Any, updates: dict[str, Any], prefix: str = "") -> Any:
         if dataclasses.is_dataclass(current):
             changes[key] = _apply(current, value, f"{prefix}{key}.")
         else:
-            changes[key] = _convert(value, fields[key].type, f"{prefix}{key}")
+            changes[key] = _convert(value, hints[key], f"{prefix}{key}")
     return dataclasses.replace(config, **changes)
 
 

@@ -162,7 +162,33 @@ def _completed_summary(run_dir: Path) -> RunSummary:
     )
 
 
+@dataclass
+class _Training:
+    """What `_prepare` sets up for one training run, for `_fit` and `_finish`."""
+
+    config: RunConfig
+    strategy: tf.distribute.Strategy
+    run_dir: Path
+    work_dir: Path  # run_dir on the chief, a temporary directory elsewhere
+    chief: bool
+    precision: str
+    splits: data.DatasetSplits
+    augmenter: augment.Augmenter | None
+    model: keras.Model
+    optimizer: keras.optimizers.Optimizer
+    backups: BackupManager
+    trainer: Trainer
+    state: LoopState
+
+
 def _train_in(config: RunConfig, strategy, run_dir: Path, work_dir: Path, chief: bool, started: float) -> RunSummary:
+    training = _prepare(config, strategy, run_dir, work_dir, chief)
+    train_seconds = _fit(training)
+    return _finish(training, train_seconds, started)
+
+
+def _prepare(config: RunConfig, strategy, run_dir: Path, work_dir: Path, chief: bool) -> _Training:
+    """Seeds and precision, the data, the model and optimizer, the backup to resume from."""
     keras.utils.set_random_seed(config.seed)
     if config.data.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -187,7 +213,6 @@ def _train_in(config: RunConfig, strategy, run_dir: Path, work_dir: Path, chief:
         config.augment, image_shape=splits.image_shape, num_classes=num_classes, seed=config.seed
     )
     logger.info("augmentation: %s", augment.describe(config.augment))
-
     with strategy.scope():
         model = build_training_model(
             config.model,
@@ -195,6 +220,8 @@ def _train_in(config: RunConfig, strategy, run_dir: Path, work_dir: Path, chief:
             num_classes=num_classes,
             channel_mean=channel_mean,
             channel_std=channel_std,
+            batch_norm_momentum=config.train.batch_norm_momentum,
+            synchronized_batch_norm=config.distribute.sync_batch_norm and strategy.num_replicas_in_sync > 1,
         )
         optimizer = make_optimizer(config.train, steps_per_epoch)
         optimizer.build(model.trainable_variables)
@@ -209,8 +236,6 @@ def _train_in(config: RunConfig, strategy, run_dir: Path, work_dir: Path, chief:
     if chief:
         work_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomically(work_dir / CONFIG_FILE, to_yaml(config))
-    state = backups.restore() or LoopState()
-
     trainer = Trainer(
         model=model,
         optimizer=optimizer,
@@ -219,15 +244,26 @@ def _train_in(config: RunConfig, strategy, run_dir: Path, work_dir: Path, chief:
         num_classes=num_classes,
         steps_per_epoch=steps_per_epoch,
         global_batch_size=global_batch,
-        sync_batch_norm=config.distribute.sync_batch_norm,
         show_progress=chief and progress_wanted(),
     )
-    summary_writer = tf.summary.create_file_writer(str(work_dir / "logs"))
+    return _Training(
+        config, strategy, run_dir, work_dir, chief, precision, splits, augmenter, model, optimizer, backups, trainer,
+        state=backups.restore() or LoopState(),
+    )  # fmt: skip
 
+
+def _fit(training: _Training) -> float:
+    """Train to the configured epochs from `training.state`; the wall seconds it took.
+
+    Each epoch logs a line and TensorBoard scalars; the best epoch's (EMA) weights are kept;
+    backups go where the trainer says one is due, with history.csv beside them.
+    """
+    config, trainer, work_dir = training.config, training.trainer, training.work_dir
     train_dataset_fn = data.epoch_pipelines(
-        splits.train, config.data, global_batch_size=global_batch, seed=config.seed,
-        augment=augmenter, num_classes=num_classes,
-    )
+        training.splits.train, config.data, global_batch_size=trainer.global_batch_size, seed=config.seed,
+        augment=training.augmenter, num_classes=trainer.num_classes,
+    )  # fmt: skip
+    summary_writer = tf.summary.create_file_writer(str(work_dir / "logs"))
 
     def on_epoch_end(record: EpochRecord, is_best: bool) -> None:
         logger.info(
@@ -235,52 +271,58 @@ def _train_in(config: RunConfig, strategy, run_dir: Path, work_dir: Path, chief:
             record.epoch, config.train.epochs, record.loss, record.accuracy, record.val_loss,
             record.val_accuracy, record.learning_rate, record.seconds, record.images_per_second,
             " (best)" if is_best else "",
-        )
+        )  # fmt: skip
         with summary_writer.as_default(step=record.epoch):
             for name in ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "images_per_second"):
                 tf.summary.scalar(name, getattr(record, name))
         if is_best:
             with trainer.ema_weights():
-                if chief:
-                    save_best_weights(model, work_dir)
+                if training.chief:
+                    save_best_weights(training.model, work_dir)
 
     def on_backup(current: LoopState) -> None:
-        backups.save(current)
-        if chief:
+        training.backups.save(current)
+        if training.chief:
             _write_history_csv(work_dir / HISTORY_FILE, current.history)
 
     train_started = time.perf_counter()
-    state = trainer.fit(
-        state=state, train_dataset_fn=train_dataset_fn, validation=splits.validation,
+    training.state = trainer.fit(
+        state=training.state, train_dataset_fn=train_dataset_fn, validation=training.splits.validation,
         on_backup=on_backup, on_epoch_end=on_epoch_end,
-    )
-    train_seconds = time.perf_counter() - train_started
+    )  # fmt: skip
     summary_writer.close()
-    if chief and (work_dir / BEST_WEIGHTS).exists():
-        model.load_weights(work_dir / BEST_WEIGHTS)
+    return time.perf_counter() - train_started
+
+
+def _finish(training: _Training, train_seconds: float, started: float) -> RunSummary:
+    """The best weights back in the model; on the chief, the test evaluation, model, plots and metrics."""
+    config, model, optimizer, history = training.config, training.model, training.optimizer, training.state.history
+    run_dir, splits, chief = training.run_dir, training.splits, training.chief
+    if chief and (training.work_dir / BEST_WEIGHTS).exists():
+        model.load_weights(training.work_dir / BEST_WEIGHTS)
     elif config.train.ema_decay:
         getattr(optimizer, "inner_optimizer", optimizer).finalize_variable_values(model.trainable_variables)
 
     logger.info("final weights fingerprint %s (worker %s)", weights_fingerprint(model), "chief" if chief else "non-chief")
-    images_per_second = float(np.median([r.images_per_second for r in state.history])) if state.history else 0.0
+    images_per_second = float(np.median([r.images_per_second for r in history])) if history else 0.0
+    if not chief:
+        return RunSummary(run_dir, float("nan"), float("nan"), len(history), train_seconds,
+                          time.perf_counter() - started, images_per_second, is_chief=False)  # fmt: skip
+    strategy, global_batch = training.strategy, config.train.batch_size
     run_facts = {
         "arch": config.model.arch,
         "dataset": config.data.dataset,
-        "epochs": len(state.history),
-        "train_seconds": round(sum(r.seconds for r in state.history), 1),
+        "epochs": len(history),
+        "train_seconds": round(sum(r.seconds for r in history), 1),
         "images_per_second": round(images_per_second, 1),
         "replicas": strategy.num_replicas_in_sync,
         "global_batch": global_batch,
         "per_replica_batch": global_batch // strategy.num_replicas_in_sync,
         "peak_learning_rate": config.train.learning_rate,
-        "precision": precision,
+        "precision": training.precision,
         "strategy": strategy_name(strategy),
-        "best_val_accuracy": max((r.val_accuracy for r in state.history), default=None),
+        "best_val_accuracy": max((r.val_accuracy for r in history), default=None),
     }
-    if not chief:
-        return RunSummary(run_dir, float("nan"), float("nan"), len(state.history), train_seconds,
-                          time.perf_counter() - started, images_per_second, is_chief=False)
-
     report, test_images, probabilities, test_labels = _evaluate_model(model, splits)
     _save_model(model, run_dir)
     write_text_atomically(run_dir / LABELS_FILE, "\n".join(splits.class_names) + "\n")
@@ -288,13 +330,15 @@ def _train_in(config: RunConfig, strategy, run_dir: Path, work_dir: Path, chief:
     evaluate.plot_confusion_matrix(report, run_dir / "confusion_matrix.png")
     evaluate.plot_misclassified(test_images, test_labels, probabilities, splits.class_names, run_dir / "misclassified.png")
     run_facts["total_seconds"] = round(time.perf_counter() - started, 1)
-    evaluate.write_metrics_json(run_dir / METRICS_FILE, report, extra={"run": run_facts, "data": {"source": splits.source, "skipped": splits.skipped}})
+    evaluate.write_metrics_json(
+        run_dir / METRICS_FILE, report, extra={"run": run_facts, "data": {"source": splits.source, "skipped": splits.skipped}}
+    )
     print(evaluate.format_summary(report), flush=True)
     return RunSummary(
         run_dir=run_dir,
         test_accuracy=report.top1_accuracy,
         test_top5_accuracy=report.top5_accuracy,
-        epochs=len(state.history),
+        epochs=len(history),
         train_seconds=run_facts["train_seconds"],
         total_seconds=time.perf_counter() - started,
         images_per_second=images_per_second,
@@ -422,24 +466,25 @@ def image_files(image_paths: Sequence[str | Path]) -> list[Path]:
 
 
 def predict_images(path: str | Path, inputs: list[str], *, top_k: int = 3) -> list[tuple[str, list[tuple[str, float]]]]:
-    """Top-k (class name, probability) for each readable image among files and folders."""
-    from PIL import Image, UnidentifiedImageError
+    """Top-k (class name, probability) for each readable image among files and folders.
 
+    Files are decoded as training decodes image folders (`data.decode_image_file`: EXIF rotation,
+    one colour mode, the model's square side), and one that cannot be decoded is skipped.
+    """
     if top_k < 1:
         raise UserError(f"--top-k must be >= 1, got {top_k}")
     model, class_names, _ = load_run_model(path)
     height, width, channels = model.input_shape[1:]
+    if height != width:
+        raise UserError(f"predict needs a model with a square input; this one takes {height}x{width}")
     files = image_files(inputs)
     pixels, readable = [], []
     for file in files:
-        try:
-            with Image.open(file) as image:
-                image = image.convert("L" if channels == 1 else "RGB").resize((width, height), Image.BILINEAR)
-                array = np.asarray(image, dtype=np.uint8)
-        except (UnidentifiedImageError, OSError, ValueError) as error:
-            logger.warning("skipped %s: %s", file, str(error).splitlines()[0] if str(error) else "unreadable")
+        decoded = data.decode_image_file(Path(file), height, channels)
+        if isinstance(decoded, str):  # the reason it was skipped
+            logger.warning("skipped %s: %s", file, decoded)
             continue
-        pixels.append(array.reshape(height, width, channels))
+        pixels.append(decoded)
         readable.append(str(file))
     if not pixels:
         raise UserError(f"none of {len(files)} file(s) could be read as an image")

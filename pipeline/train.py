@@ -22,7 +22,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from collections.abc import Callable, Iterator
 
 import keras
 import numpy as np
@@ -52,12 +52,15 @@ def build_training_model(
     num_classes: int,
     channel_mean: list[float],
     channel_std: list[float],
+    batch_norm_momentum: float | None = None,
+    synchronized_batch_norm: bool = False,
 ) -> keras.Model:
     """Raw pixels in, class probabilities out: (batch, H, W, C) float 0..255 -> (batch, K) float32.
 
     The normalisation is a layer of the model, so every export (SavedModel, TFLite) carries
     its own preprocessing and takes plain pixels. The final float32 cast keeps softmax
-    outputs in float32 under mixed precision.
+    outputs in float32 under mixed precision. `batch_norm_momentum` (None: the builder's) and
+    `synchronized_batch_norm` (statistics over all replicas) apply to every BatchNorm layer.
     """
     backbone = architectures.build(
         model_config.arch,
@@ -75,7 +78,21 @@ def build_training_model(
     if isinstance(outputs, (list, tuple)):  # GoogLeNet's auxiliary heads are for the paper's training only
         outputs = outputs[0]
     probabilities = keras.layers.Activation("linear", dtype="float32", name="probabilities")(outputs)
-    return keras.Model(pixels, probabilities, name=f"{model_config.arch}_classifier")
+    model = keras.Model(pixels, probabilities, name=f"{model_config.arch}_classifier")
+    for layer in _all_layers(model):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            # Keras's 0.99 leaves the moving statistics far behind in short CPU runs (findings).
+            layer.momentum = layer.momentum if batch_norm_momentum is None else batch_norm_momentum
+            layer.synchronized = synchronized_batch_norm
+    return model
+
+
+def _all_layers(model: keras.Model):
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from _all_layers(layer)
+        else:
+            yield layer
 
 
 # ----------------------------------------------------------------------------- precision
@@ -228,7 +245,6 @@ class Trainer:
         num_classes: int,
         steps_per_epoch: int,
         global_batch_size: int,
-        sync_batch_norm: bool,
         show_progress: bool,
     ):
         self.model = model
@@ -239,110 +255,20 @@ class Trainer:
         self.steps_per_epoch = steps_per_epoch
         self.global_batch_size = global_batch_size
         self.show_progress = show_progress
-        self.stop_signal: int | None = None
-        for layer in _all_layers(model):
-            if isinstance(layer, keras.layers.BatchNormalization):
-                layer.momentum = config.batch_norm_momentum
-                layer.synchronized = sync_batch_norm and strategy.num_replicas_in_sync > 1
-        self._loss = keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing, reduction=None)
-        self._train_function = self._make_train_function()
-        self._eval_function = self._make_eval_function()
-
-    # -- compiled steps
-
-    def _make_train_function(self) -> Callable:
-        model, optimizer, strategy = self.model, self.optimizer, self.strategy
-        global_batch_size, loss_fn = self.global_batch_size, self._loss
-
-        def forward_backward(images, labels):
-            with tf.GradientTape() as tape:
-                probabilities = model(images, training=True)
-                per_example = loss_fn(labels, probabilities)
-                loss = tf.reduce_sum(per_example) / global_batch_size
-                if model.losses:
-                    loss += tf.add_n(model.losses) / strategy.num_replicas_in_sync
-                scaled_loss = optimizer.scale_loss(loss)
-            gradients = tape.gradient(scaled_loss, model.trainable_variables)
-            correct = tf.cast(tf.argmax(probabilities, -1) == tf.argmax(labels, -1), tf.float32)
-            batch = tf.cast(tf.shape(labels)[0], tf.float32)
-            return gradients, tf.stack([tf.reduce_sum(tf.cast(per_example, tf.float32)), tf.reduce_sum(correct), batch])
-
-        # XLA compiles the forward and backward pass only: the iterator and the optimizer's
-        # cross-replica all-reduce (a merge_call) cannot live inside an XLA cluster.
-        if self.config.jit_compile:
-            forward_backward = tf.function(forward_backward, jit_compile=True)
-
-        def replica_step(images, labels):
-            gradients, statistics = forward_backward(images, labels)
-            optimizer.apply_gradients(zip(gradients, model.trainable_variables))
-            return statistics
-
-        def train_steps(iterator, steps):
-            totals = tf.zeros([3])
-            for _ in tf.range(steps):
-                per_replica = strategy.run(replica_step, args=next(iterator))
-                totals += strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
-            return totals
-
-        return tf.function(train_steps)
-
-    def _make_eval_function(self) -> Callable:
-        model, strategy = self.model, self.strategy
-
-        def replica_step(images, labels, weights):
-            probabilities = model(images, training=False)
-            per_example = keras.losses.categorical_crossentropy(labels, probabilities)
-            correct = tf.cast(tf.argmax(probabilities, -1) == tf.argmax(labels, -1), tf.float32)
-            return tf.stack(
-                [tf.reduce_sum(per_example * weights), tf.reduce_sum(correct * weights), tf.reduce_sum(weights)]
-            )
-
-        def eval_step(batch):
-            per_replica = strategy.run(replica_step, args=batch)
-            return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
-
-        return tf.function(eval_step)
-
-    # -- evaluation
+        self.stop_requests = StopRequests(strategy)
+        loss = keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing, reduction=None)
+        self._train_steps = compiled_train_steps(model, optimizer, strategy, loss, global_batch_size, config.jit_compile)
+        self._eval_step = compiled_eval_step(model, strategy)
 
     def evaluate(self, dataset: tf.data.Dataset) -> tuple[float, float]:
-        """Exact (loss, accuracy) over an unbatched (uint8 image, label) dataset, on all replicas.
-
-        The dataset is padded with zero-weight examples to a multiple of the global batch, so
-        every replica gets the same number of equal batches and no example is dropped or
-        counted twice.
-        """
-        count = int(dataset.reduce(0, lambda total, _: total + 1))
-        padded_count = math.ceil(count / self.global_batch_size) * self.global_batch_size
-        num_classes = self.num_classes
-        weighted = dataset.map(
-            lambda image, label: (tf.cast(image, tf.float32), tf.one_hot(label, num_classes), tf.constant(1.0))
+        """Exact (loss, accuracy) over an unbatched (uint8 image, label) dataset, on all replicas."""
+        return evaluate_exactly(
+            self._eval_step, self.strategy, dataset, global_batch_size=self.global_batch_size, num_classes=self.num_classes
         )
-        if padded_count > count:
-            image_spec = weighted.element_spec[0]
-            padding = tf.data.Dataset.from_tensors(
-                (tf.zeros(image_spec.shape, tf.float32), tf.zeros([num_classes]), tf.constant(0.0))
-            ).repeat(padded_count - count)
-            weighted = weighted.concatenate(padding)
-
-        def dataset_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
-            per_replica = input_context.get_per_replica_batch_size(self.global_batch_size)
-            batches = weighted.batch(per_replica).shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
-            options = tf.data.Options()
-            options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-            return batches.with_options(options).prefetch(tf.data.AUTOTUNE)
-
-        totals = np.zeros(3)
-        for batch in self.strategy.distribute_datasets_from_function(dataset_fn):
-            totals += self._eval_function(batch).numpy()
-        loss_sum, correct, examples = totals
-        return loss_sum / max(examples, 1.0), correct / max(examples, 1.0)
 
     def ema_weights(self):
         """Context manager: the EMA of the weights in the model while inside (no-op without EMA)."""
-        return _SwappedWeights(self.model, self.optimizer) if self.config.ema_decay else contextlib.nullcontext()
-
-    # -- training
+        return ema_weights(self.model, self.optimizer) if self.config.ema_decay else contextlib.nullcontext()
 
     def fit(
         self,
@@ -353,8 +279,7 @@ class Trainer:
         on_backup: Callable[[LoopState], None],
         on_epoch_end: Callable[[EpochRecord, bool], None],
     ) -> LoopState:
-        previous_handlers = self._catch_stop_signals()
-        try:
+        with self.stop_requests.catching_signals():
             while state.epoch < self.config.epochs:
                 record = self._run_epoch(state, train_dataset_fn, validation, on_backup)
                 best = max((r.val_accuracy for r in state.history), default=-1.0)
@@ -362,100 +287,196 @@ class Trainer:
                 state.epoch, state.step_in_epoch = state.epoch + 1, 0
                 on_epoch_end(record, record.val_accuracy > best)
                 on_backup(state)
-        finally:
-            for signal_number, handler in previous_handlers.items():
-                signal.signal(signal_number, handler)
         return state
 
     def _run_epoch(self, state, train_dataset_fn, validation, on_backup) -> EpochRecord:
         epoch, skip = state.epoch, state.step_in_epoch
         if skip:
             logger.info("resuming epoch %d at step %d of %d", epoch + 1, skip, self.steps_per_epoch)
-        progress = keras.utils.Progbar(self.steps_per_epoch, stateful_metrics=["lr"]) if self.show_progress else None
-        if progress:
-            print(f"Epoch {epoch + 1}/{self.config.epochs}", flush=True)
-        totals = np.zeros(3)
-        started = time.perf_counter()  # the epoch's clock includes making and releasing its input
+        meter = EpochMeter(epoch, self.config.epochs, self.steps_per_epoch, self.optimizer, self.show_progress)
         distributed = self.strategy.distribute_datasets_from_function(
             lambda input_context: train_dataset_fn(epoch, skip, input_context)
         )
         iterator = iter(distributed)
-        timed_images, timed_seconds = 0.0, 0.0
         while state.step_in_epoch < self.steps_per_epoch:
             steps = min(self.config.steps_per_execution, self.steps_per_epoch - state.step_in_epoch)
-            call_started = time.perf_counter()
-            loss_sum, correct, images = self._train_function(iterator, tf.constant(steps)).numpy()
-            if state.step_in_epoch > skip:  # the first call traces the function: not throughput
-                timed_images += images
-                timed_seconds += time.perf_counter() - call_started
-            totals += (loss_sum, correct, images)
+            loss_sum = meter.measure(self._train_steps, iterator, tf.constant(steps), traced=state.step_in_epoch == skip)
             state.step_in_epoch += steps
-            if not np.isfinite(loss_sum):
-                raise TrainingStopped(
-                    f"loss became {loss_sum} at epoch {epoch + 1} step {state.step_in_epoch}; "
-                    "lower train.learning_rate or set train.gradient_clip_norm",
-                    exit_code=1,
-                )
-            if progress:
-                progress.update(
-                    state.step_in_epoch,
-                    [("loss", totals[0] / totals[2]), ("accuracy", totals[1] / totals[2]), ("lr", current_learning_rate(self.optimizer))],
-                )
-            if self._stop_requested():
+            stop_if_diverged(loss_sum, epoch, state.step_in_epoch)
+            meter.show(state.step_in_epoch)
+            if self.stop_requests.agreed():
                 on_backup(state)
-                name = signal.Signals(self.stop_signal).name if self.stop_signal else "a stop request"
-                raise TrainingStopped(
-                    f"received {name}: saved a backup at epoch {epoch + 1} step {state.step_in_epoch}; "
-                    "run the same command again to resume",
-                    exit_code=128 + (self.stop_signal or signal.SIGTERM),
-                )
-            backup_every = self.config.backup_every_steps
-            global_step = epoch * self.steps_per_epoch + state.step_in_epoch
-            if backup_every and global_step % backup_every < steps and state.step_in_epoch < self.steps_per_epoch:
+                raise self.stop_requests.stopped(epoch, state.step_in_epoch)
+            if self._backup_due(epoch, state.step_in_epoch, steps):
                 on_backup(state)
         del iterator, distributed  # released here, so a slow teardown shows in this epoch's seconds
-        train_seconds = time.perf_counter() - started
+        meter.end_training()
         with self.ema_weights():
             val_loss, val_accuracy = self.evaluate(validation)
-        record = EpochRecord(
-            epoch=epoch + 1,
-            loss=float(totals[0] / max(totals[2], 1)),
-            accuracy=float(totals[1] / max(totals[2], 1)),
-            val_loss=float(val_loss),
-            val_accuracy=float(val_accuracy),
-            learning_rate=current_learning_rate(self.optimizer),
-            seconds=time.perf_counter() - started,
-            images_per_second=float(timed_images / timed_seconds) if timed_seconds else float(totals[2] / train_seconds),
-        )
-        if progress:
-            progress.update(
-                state.step_in_epoch,
-                [("loss", record.loss), ("accuracy", record.accuracy), ("lr", record.learning_rate),
-                 ("val_loss", record.val_loss), ("val_accuracy", record.val_accuracy)],
-                finalize=True,
-            )
-        return record
+        return meter.record(val_loss, val_accuracy)
 
-    # -- stop signals (cluster preemption sends SIGTERM; a person presses Ctrl-C)
+    def _backup_due(self, epoch: int, step_in_epoch: int, steps_just_run: int) -> bool:
+        """Every `backup_every_steps` global steps, except at the epoch's end (which backs up anyway)."""
+        every = self.config.backup_every_steps
+        global_step = epoch * self.steps_per_epoch + step_in_epoch
+        return bool(every) and global_step % every < steps_just_run and step_in_epoch < self.steps_per_epoch
 
-    def _catch_stop_signals(self) -> dict:
-        previous = {}
+
+# ----------------------------------------------------------------------------- loop parts
+
+
+def compiled_train_steps(
+    model: keras.Model,
+    optimizer: keras.optimizers.Optimizer,
+    strategy: tf.distribute.Strategy,
+    loss_fn: keras.losses.Loss,
+    global_batch_size: int,
+    jit_compile: bool,
+) -> Callable[[object, tf.Tensor], tf.Tensor]:
+    """`train_steps(iterator, steps)`: `steps` optimizer steps in one call -> [loss sum, correct, images]."""
+
+    def forward_backward(images, labels):
+        with tf.GradientTape() as tape:
+            probabilities = model(images, training=True)
+            per_example = loss_fn(labels, probabilities)
+            loss = tf.reduce_sum(per_example) / global_batch_size
+            if model.losses:
+                loss += tf.add_n(model.losses) / strategy.num_replicas_in_sync
+            scaled_loss = optimizer.scale_loss(loss)
+        gradients = tape.gradient(scaled_loss, model.trainable_variables)
+        correct = tf.cast(tf.argmax(probabilities, -1) == tf.argmax(labels, -1), tf.float32)
+        batch = tf.cast(tf.shape(labels)[0], tf.float32)
+        return gradients, tf.stack([tf.reduce_sum(tf.cast(per_example, tf.float32)), tf.reduce_sum(correct), batch])
+
+    # XLA compiles the forward and backward pass only: the iterator and the optimizer's
+    # cross-replica all-reduce (a merge_call) cannot live inside an XLA cluster.
+    if jit_compile:
+        forward_backward = tf.function(forward_backward, jit_compile=True)
+
+    def replica_step(images, labels):
+        gradients, statistics = forward_backward(images, labels)
+        optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+        return statistics
+
+    def train_steps(iterator, steps):
+        totals = tf.zeros([3])
+        for _ in tf.range(steps):
+            per_replica = strategy.run(replica_step, args=next(iterator))
+            totals += strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+        return totals
+
+    return tf.function(train_steps)
+
+
+def compiled_eval_step(model: keras.Model, strategy: tf.distribute.Strategy) -> Callable:
+    """`eval_step((images, one_hot, weights))` -> [weighted loss sum, weighted correct, weight sum], all replicas."""
+
+    def replica_step(images, labels, weights):
+        probabilities = model(images, training=False)
+        per_example = keras.losses.categorical_crossentropy(labels, probabilities)
+        correct = tf.cast(tf.argmax(probabilities, -1) == tf.argmax(labels, -1), tf.float32)
+        return tf.stack([tf.reduce_sum(per_example * weights), tf.reduce_sum(correct * weights), tf.reduce_sum(weights)])
+
+    def eval_step(batch):
+        per_replica = strategy.run(replica_step, args=batch)
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+    return tf.function(eval_step)
+
+
+def evaluate_exactly(
+    eval_step: Callable,
+    strategy: tf.distribute.Strategy,
+    dataset: tf.data.Dataset,
+    *,
+    global_batch_size: int,
+    num_classes: int,
+) -> tuple[float, float]:
+    """Exact (loss, accuracy) of an unbatched (uint8 image, label) dataset with `compiled_eval_step`.
+
+    The dataset is padded with zero-weight examples to a multiple of the global batch, so
+    every replica gets the same number of equal batches and no example is dropped or
+    counted twice.
+    """
+    count = int(dataset.reduce(0, lambda total, _: total + 1))
+    padded_count = math.ceil(count / global_batch_size) * global_batch_size
+    weighted = dataset.map(lambda image, label: (tf.cast(image, tf.float32), tf.one_hot(label, num_classes), tf.constant(1.0)))
+    if padded_count > count:
+        image_spec = weighted.element_spec[0]
+        padding = tf.data.Dataset.from_tensors(
+            (tf.zeros(image_spec.shape, tf.float32), tf.zeros([num_classes]), tf.constant(0.0))
+        ).repeat(padded_count - count)
+        weighted = weighted.concatenate(padding)
+
+    def dataset_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
+        per_replica = input_context.get_per_replica_batch_size(global_batch_size)
+        batches = weighted.batch(per_replica).shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+        return batches.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+    totals = np.zeros(3)
+    for batch in strategy.distribute_datasets_from_function(dataset_fn):
+        totals += eval_step(batch).numpy()
+    loss_sum, correct, examples = totals
+    return loss_sum / max(examples, 1.0), correct / max(examples, 1.0)
+
+
+@contextlib.contextmanager
+def ema_weights(model: keras.Model, optimizer: keras.optimizers.Optimizer) -> Iterator[None]:
+    """The optimizer's EMA in the model's trainable variables while inside; the live weights after."""
+    optimizer = getattr(optimizer, "inner_optimizer", optimizer)
+    live_weights = [variable.numpy() for variable in model.trainable_variables]
+    optimizer.finalize_variable_values(model.trainable_variables)
+    try:
+        yield
+    finally:
+        for variable, value in zip(model.trainable_variables, live_weights):
+            variable.assign(value)
+
+
+class StopRequests:
+    """SIGTERM (how clusters preempt) and Ctrl-C ask training to stop at the next step call.
+
+    Every worker agrees on the request before acting on it, so all of them back up at the same
+    step and exit together, whichever one was signalled.
+    """
+
+    def __init__(self, strategy: tf.distribute.Strategy):
+        self.strategy = strategy
+        self.signal_number: int | None = None
+
+    @contextlib.contextmanager
+    def catching_signals(self) -> Iterator[None]:
+        previous_handlers = {}
         for signal_number in (signal.SIGTERM, signal.SIGINT):
             try:
-                previous[signal_number] = signal.signal(signal_number, self._request_stop)
+                previous_handlers[signal_number] = signal.signal(signal_number, self._request)
             except ValueError:  # not the main thread
                 pass
-        return previous
+        try:
+            yield
+        finally:
+            for signal_number, handler in previous_handlers.items():
+                signal.signal(signal_number, handler)
 
-    def _request_stop(self, signal_number, frame) -> None:
-        self.stop_signal = signal_number
+    def _request(self, signal_number, frame) -> None:
+        self.signal_number = signal_number
 
-    def _stop_requested(self) -> bool:
-        """Local stop flag, agreed on by every worker so that all of them back up together."""
-        local = 1.0 if self.stop_signal else 0.0
+    def agreed(self) -> bool:
+        """True when any worker was asked to stop (a collective call: every worker must make it)."""
+        local = 1.0 if self.signal_number else 0.0
         if self.strategy.extended._in_multi_worker_mode():
             return bool(_sum_over_workers(self.strategy, tf.constant(local)).numpy())
         return bool(local)
+
+    def stopped(self, epoch: int, step_in_epoch: int) -> TrainingStopped:
+        name = signal.Signals(self.signal_number).name if self.signal_number else "a stop request"
+        return TrainingStopped(
+            f"received {name}: saved a backup at epoch {epoch + 1} step {step_in_epoch}; "
+            "run the same command again to resume",
+            exit_code=128 + (self.signal_number or signal.SIGTERM),
+        )
 
 
 @tf.function
@@ -464,29 +485,69 @@ def _sum_over_workers(strategy: tf.distribute.Strategy, local_flag: tf.Tensor) -
     return strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)  # ReduceOp has no MAX
 
 
-def _all_layers(model: keras.Model):
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            yield from _all_layers(layer)
-        else:
-            yield layer
+def stop_if_diverged(loss_sum: float, epoch: int, step_in_epoch: int) -> None:
+    if not np.isfinite(loss_sum):
+        raise TrainingStopped(
+            f"loss became {loss_sum} at epoch {epoch + 1} step {step_in_epoch}; "
+            "lower train.learning_rate or set train.gradient_clip_norm",
+            exit_code=1,
+        )
 
 
-class _SwappedWeights:
-    """Puts the optimizer's EMA into the model's trainable variables, and back on exit."""
+class EpochMeter:
+    """One epoch's running loss and accuracy, its clock, its throughput and its progress bar.
 
-    def __init__(self, model: keras.Model, optimizer: keras.optimizers.Optimizer):
-        self.model, self.optimizer = model, getattr(optimizer, "inner_optimizer", optimizer)
+    The clock starts at construction, so it covers making and releasing the epoch's input.
+    Throughput counts only calls that did not trace the step function.
+    """
 
-    def __enter__(self):
-        self.saved = [variable.numpy() for variable in self.model.trainable_variables]
-        self.optimizer.finalize_variable_values(self.model.trainable_variables)
-        return self
+    def __init__(self, epoch: int, epochs: int, steps_per_epoch: int, optimizer: keras.optimizers.Optimizer, show_progress: bool):
+        self.epoch, self.optimizer = epoch, optimizer
+        self.totals = np.zeros(3)  # loss sum, correct, images
+        self.timed_images, self.timed_seconds = 0.0, 0.0
+        self.training_seconds = 0.0
+        self.progress = keras.utils.Progbar(steps_per_epoch, stateful_metrics=["lr"]) if show_progress else None
+        if self.progress:
+            print(f"Epoch {epoch + 1}/{epochs}", flush=True)
+        self.started = time.perf_counter()
 
-    def __exit__(self, *exc_info):
-        for variable, value in zip(self.model.trainable_variables, self.saved):
-            variable.assign(value)
-        return False
+    def measure(self, train_steps: Callable[..., tf.Tensor], *args, traced: bool) -> float:
+        """Call `train_steps(*args)`, add its [loss sum, correct, images]; returns its loss sum."""
+        call_started = time.perf_counter()
+        step_totals = train_steps(*args).numpy()
+        if not traced:  # the first call of an epoch traces the function: not throughput
+            self.timed_images += step_totals[2]
+            self.timed_seconds += time.perf_counter() - call_started
+        self.totals += step_totals
+        return float(step_totals[0])
+
+    def show(self, step_in_epoch: int) -> None:
+        if self.progress:
+            loss_sum, correct, images = self.totals
+            metrics = [("loss", loss_sum / images), ("accuracy", correct / images), ("lr", current_learning_rate(self.optimizer))]
+            self.progress.update(step_in_epoch, metrics)
+
+    def end_training(self) -> None:
+        self.training_seconds = time.perf_counter() - self.started
+
+    def record(self, val_loss: float, val_accuracy: float) -> EpochRecord:
+        loss_sum, correct, images = self.totals
+        timed = self.timed_seconds > 0
+        record = EpochRecord(
+            epoch=self.epoch + 1,
+            loss=float(loss_sum / max(images, 1)),
+            accuracy=float(correct / max(images, 1)),
+            val_loss=float(val_loss),
+            val_accuracy=float(val_accuracy),
+            learning_rate=current_learning_rate(self.optimizer),
+            seconds=time.perf_counter() - self.started,
+            images_per_second=float(self.timed_images / self.timed_seconds if timed else images / self.training_seconds),
+        )
+        if self.progress:
+            metrics = [("loss", record.loss), ("accuracy", record.accuracy), ("lr", record.learning_rate),
+                       ("val_loss", record.val_loss), ("val_accuracy", record.val_accuracy)]  # fmt: skip
+            self.progress.update(self.progress.target, metrics, finalize=True)
+        return record
 
 
 def progress_wanted() -> bool:

@@ -1,13 +1,30 @@
-"""The optimizer's EMA of the weights, step by step."""
+"""The training loop's parts, each on its own: optimizer (EMA, weight decay), the compiled
+steps, exact evaluation, EMA swapping, stop requests, the epoch meter, backup cadence and the
+BatchNorm settings of the training model."""
+
+import os
+import signal
 
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import architectures
-
-from pipeline.config import TrainConfig
-from pipeline.train import make_optimizer
+from pipeline.config import ModelConfig, TrainConfig
+from pipeline.train import (
+    EpochMeter,
+    LoopState,
+    StopRequests,
+    Trainer,
+    TrainingStopped,
+    build_training_model,
+    compiled_eval_step,
+    ema_weights,
+    evaluate_exactly,
+    make_optimizer,
+    stop_if_diverged,
+)
 
 
 def test_ema_copies_the_first_step_then_warms_its_decay_up_as_model_garden():
@@ -60,3 +77,129 @@ def test_weight_decay_shrinks_kernels_and_leaves_every_other_variable_untouched(
             untouched.append(variable.path)
     assert decayed and untouched
     assert any(name.endswith(("gamma", "beta", "bias", "class_token", "pos_embedding", "alpha")) for name in untouched)
+
+
+def _constant_classifier(num_classes: int, favourite: int) -> keras.Model:
+    """A model that gives `favourite` probability ~1 whatever the image."""
+    inputs = keras.Input((4, 4, 1))
+    flat = keras.layers.Flatten()(inputs)
+    logits = keras.layers.Dense(num_classes, kernel_initializer="zeros",
+                                bias_initializer=keras.initializers.Constant(np.eye(num_classes)[favourite] * 20.0))(flat)  # fmt: skip
+    return keras.Model(inputs, keras.layers.Softmax()(logits))
+
+
+def test_exact_evaluation_counts_every_example_once_with_a_padded_last_batch():
+    labels = np.array([0] * 37 + [1] * 63)  # 100 examples, batch 32: the last batch is padded
+    dataset = tf.data.Dataset.from_tensor_slices((np.zeros((100, 4, 4, 1), np.uint8), labels))
+    strategy = tf.distribute.get_strategy()
+    model = _constant_classifier(2, favourite=0)
+    loss, accuracy = evaluate_exactly(compiled_eval_step(model, strategy), strategy, dataset, global_batch_size=32, num_classes=2)
+    assert accuracy == pytest.approx(0.37, abs=1e-9)
+    assert loss == pytest.approx(0.63 * 20.0, rel=1e-3)  # the wrong class's cross-entropy is ~20 nats
+
+
+def test_ema_weights_are_in_the_model_inside_the_context_and_the_live_weights_after():
+    layer_model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    optimizer = make_optimizer(TrainConfig(ema_decay=0.9, learning_rate=0.5, warmup_epochs=0.0, epochs=1), steps_per_epoch=10)
+    optimizer.build(layer_model.trainable_variables)
+    for _ in range(3):
+        optimizer.apply_gradients([(np.ones(v.shape, "float32"), v) for v in layer_model.trainable_variables])
+    live = [v.numpy().copy() for v in layer_model.trainable_variables]
+    averages = [a.numpy().copy() for a in optimizer._model_variables_moving_average]
+    with ema_weights(layer_model, optimizer):
+        for variable, average in zip(layer_model.trainable_variables, averages):
+            np.testing.assert_array_equal(variable.numpy(), average)
+    for variable, value in zip(layer_model.trainable_variables, live):
+        np.testing.assert_array_equal(variable.numpy(), value)
+    assert not np.allclose(live[0], averages[0])
+
+
+def test_a_sigterm_becomes_an_agreed_stop_with_exit_code_143_and_the_old_handler_comes_back():
+    stop_requests = StopRequests(tf.distribute.get_strategy())
+    previous = signal.getsignal(signal.SIGTERM)
+    with stop_requests.catching_signals():
+        assert not stop_requests.agreed()
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop_requests.agreed()
+    assert signal.getsignal(signal.SIGTERM) is previous
+    stopped = stop_requests.stopped(epoch=2, step_in_epoch=7)
+    assert stopped.exit_code == 143
+    assert "SIGTERM" in str(stopped) and "epoch 3 step 7" in str(stopped)
+
+
+def test_a_non_finite_loss_stops_with_exit_code_1_and_says_what_to_change():
+    stop_if_diverged(1.5, 0, 1)  # finite: nothing happens
+    with pytest.raises(TrainingStopped, match="train.learning_rate") as stopped:
+        stop_if_diverged(float("nan"), 0, 4)
+    assert stopped.value.exit_code == 1
+
+
+def test_the_epoch_meter_leaves_the_tracing_call_out_of_throughput_but_not_out_of_the_loss():
+    optimizer = make_optimizer(TrainConfig(learning_rate=0.1, warmup_epochs=0.0, epochs=1), steps_per_epoch=4)
+    meter = EpochMeter(0, 1, 4, optimizer, show_progress=False)
+
+    def steps(loss_sum, images, seconds):
+        import time
+
+        time.sleep(seconds)
+        return tf.constant([loss_sum, images / 2, images])
+
+    assert meter.measure(steps, 100.0, 64.0, 0.3, traced=True) == 100.0  # slow: tracing
+    meter.measure(steps, 20.0, 64.0, 0.01, traced=False)
+    meter.end_training()
+    record = meter.record(val_loss=0.5, val_accuracy=0.75)
+    assert record.loss == pytest.approx(120.0 / 128)
+    assert record.accuracy == pytest.approx(0.5)
+    assert record.images_per_second > 64.0 / 0.1  # only the fast call counts (64 / 0.31 s otherwise)
+    assert (record.epoch, record.val_accuracy, record.learning_rate) == (1, 0.75, pytest.approx(0.1))
+
+
+def test_backups_come_every_n_global_steps_but_not_at_the_end_of_an_epoch():
+    model = _constant_classifier(2, favourite=0)
+    config = TrainConfig(backup_every_steps=5, steps_per_execution=4, epochs=2)
+    trainer = Trainer(
+        model=model, optimizer=make_optimizer(config, 12), strategy=tf.distribute.get_strategy(), config=config,
+        num_classes=2, steps_per_epoch=12, global_batch_size=4, show_progress=False,
+    )  # fmt: skip
+    # Calls end at steps 4, 8, 12 of each epoch (global 4, 8, 12, 16, 20, 24): a multiple of 5
+    # is crossed by the calls ending at 8 (5), 12 (10, but the epoch's end backs up anyway),
+    # 16 (15) and 20 (20).
+    due = [(epoch, step) for epoch in range(2) for step in (4, 8, 12) if trainer._backup_due(epoch, step, 4)]
+    assert due == [(0, 8), (1, 4), (1, 8)]
+
+
+def test_the_training_model_sets_batch_norm_momentum_and_synchronisation_on_every_bn_layer():
+    def batch_norms(**settings):
+        model = build_training_model(
+            ModelConfig(arch="resnet20"), image_shape=(28, 28, 1), num_classes=10, channel_mean=[0.0], channel_std=[1.0],
+            **settings,
+        )  # fmt: skip
+        layers = [layer for layer in model.get_layer("resnet20").layers if isinstance(layer, keras.layers.BatchNormalization)]
+        assert len(layers) == 19  # the stem and two per basic block
+        return layers
+
+    assert {(layer.momentum, layer.synchronized) for layer in batch_norms(batch_norm_momentum=0.9, synchronized_batch_norm=True)} == {(0.9, True)}
+    assert {(layer.momentum, layer.synchronized) for layer in batch_norms()} == {(0.99, False)}  # the builder's own
+
+
+def test_a_fit_from_a_fresh_state_runs_every_epoch_and_reports_each():
+    images = np.zeros((16, 4, 4, 1), np.float32)
+    one_hot = np.eye(2, dtype=np.float32)[[0] * 16]
+    config = TrainConfig(epochs=2, steps_per_execution=2, learning_rate=0.01, warmup_epochs=0.0)
+    model = _constant_classifier(2, favourite=0)
+    trainer = Trainer(
+        model=model, optimizer=make_optimizer(config, 4), strategy=tf.distribute.get_strategy(), config=config,
+        num_classes=2, steps_per_epoch=4, global_batch_size=4, show_progress=False,
+    )  # fmt: skip
+    backups, epoch_ends = [], []
+    state = trainer.fit(
+        state=LoopState(),
+        train_dataset_fn=lambda epoch, skip, context: tf.data.Dataset.from_tensor_slices((images, one_hot)).batch(4).skip(skip),
+        validation=tf.data.Dataset.from_tensor_slices((np.zeros((6, 4, 4, 1), np.uint8), np.zeros(6, np.int64))),
+        on_backup=lambda current: backups.append((current.epoch, current.step_in_epoch)),
+        on_epoch_end=lambda record, is_best: epoch_ends.append((record.epoch, is_best)),
+    )  # fmt: skip
+    assert (state.epoch, state.step_in_epoch, len(state.history)) == (2, 0, 2)
+    assert epoch_ends == [(1, True), (2, False)]  # the same accuracy is not a new best
+    assert backups == [(1, 0), (2, 0)]
+    assert state.history[-1].val_accuracy == pytest.approx(1.0)
