@@ -626,7 +626,7 @@ def _folder_layout(
     return class_names, candidates, note
 
 
-def _decode_image_file(path: Path, side: int, channels: int) -> np.ndarray | str:
+def decode_image_file(path: Path, side: int, channels: int) -> np.ndarray | str:
     """uint8 (side, side, channels) pixels, or why the file cannot be used."""
     try:
         data = path.read_bytes()
@@ -667,7 +667,7 @@ def _decode_split(
     side, _, channels = image_shape
     # Pillow releases the GIL while decoding, so threads use every core.
     with concurrent.futures.ThreadPoolExecutor() as executor:
-        results = list(executor.map(lambda candidate: _decode_image_file(candidate[0], side, channels), candidates))
+        results = list(executor.map(lambda candidate: decode_image_file(candidate[0], side, channels), candidates))
     kept = [(pixels, label) for pixels, (_, label) in zip(results, candidates) if not isinstance(pixels, str)]
     skipped = [(reason, path) for reason, (path, _) in zip(results, candidates) if isinstance(reason, str)]
     images = np.stack([pixels for pixels, _ in kept]) if kept else np.zeros((0, *image_shape), np.uint8)

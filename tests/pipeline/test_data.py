@@ -19,7 +19,7 @@ from pipeline.config import DataConfig
 from pipeline.data import (
     FASHION_MNIST_CLASSES,
     DatasetSource,
-    _decode_image_file,
+    decode_image_file,
     channel_statistics,
     load_splits,
     parse_dataset,
@@ -437,7 +437,7 @@ def test_bare_directory_loads_as_the_same_image_folder_as_its_folder_form(tmp_pa
 
 # The folder decoder, `decode(path, side, channels) -> uint8 (side, side, channels) | skip reason`.
 # The tests below take it from here, so a replacement decoder runs through the same tests.
-FOLDER_DECODERS = {"pillow": _decode_image_file}
+FOLDER_DECODERS = {"pillow": decode_image_file}
 DAMAGED_REASONS = {"not an image", "truncated", "corrupt"}  # what a cut or scrambled file may be called
 DECODE_SIDE = 12  # pixels; the samples are 16x16, so decoding also resizes
 HEADER_BYTES = 64  # cuts before this fall in the headers, and no sample's pixels fit in so few bytes

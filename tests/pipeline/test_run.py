@@ -112,11 +112,12 @@ def test_evaluate_and_predict_use_the_run_directory(tiny_run, tmp_path):
     for index in range(3):
         Image.fromarray(np.full((40, 30, 3), 60 * index, np.uint8)).save(images / f"item {index}.png")
     (images / "notes.png").write_text("not an image")
+    (images / "cut.png").write_bytes((images / "item 1.png").read_bytes()[:20])  # cut inside its header
     predicted = run_cli("predict", "--run-dir", str(run_dir), "--top-k", "2", str(images))
     assert predicted.returncode == 0, predicted.stderr
     lines = predicted.stdout.strip().splitlines()
     assert len(lines) == 3 and all(line.count(",") == 1 for line in lines)
-    assert "skipped" in predicted.stderr and "notes.png" in predicted.stderr
+    assert "notes.png: not an image" in predicted.stderr and "cut.png: truncated" in predicted.stderr
 
 
 def wait_for(condition, timeout: float, process) -> None:
