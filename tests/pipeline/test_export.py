@@ -359,7 +359,11 @@ def test_tflite_models_reproduce_keras_and_int8_stays_close_to_float32(exported,
     assert report.artefacts[0].top1_agreement >= 1.0 - near_tie_fraction(expected, 2e-4)
     # 256 images of a 2-epoch model: 3 points; the default 10k-image run measured 0.01 (see the lead's notes).
     assert abs(by_quantization["int8"].test_accuracy - by_quantization["none"].test_accuracy) <= 0.03
-    assert by_quantization["int8"].top1_agreement >= 0.95
+    # Moving no probability by more than d, int8 can change the top-1 only where Keras's two largest are
+    # within 2d. A floor too: the 2-epoch smoke model agrees on 94.5% of 256 images, the default run on 99.7%.
+    int8 = by_quantization["int8"]
+    assert int8.top1_agreement >= 1.0 - near_tie_fraction(expected, 2 * int8.max_abs_prob_diff)
+    assert int8.top1_agreement >= 0.9
     sizes = {q: a.size_bytes for q, a in by_quantization.items()}
     assert sizes["int8"] < sizes["float16"] < sizes["none"] and sizes["dynamic"] < sizes["float16"]
 
