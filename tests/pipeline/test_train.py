@@ -203,3 +203,20 @@ def test_a_fit_from_a_fresh_state_runs_every_epoch_and_reports_each():
     assert epoch_ends == [(1, True), (2, False)]  # the same accuracy is not a new best
     assert backups == [(1, 0), (2, 0)]
     assert state.history[-1].val_accuracy == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("precision", ["float32", "mixed_float16"])
+def test_gradient_clipping_scales_a_large_update_to_learning_rate_times_the_bound(precision):
+    """SGD without momentum moves by learning rate x gradient; clipped, the move's norm is lr x bound.
+    Under mixed_float16 the gradient arrives loss-scaled, is unscaled, then clipped."""
+    config = TrainConfig(
+        optimizer="sgd", momentum=0.0, learning_rate=0.1, warmup_epochs=0.0, weight_decay=0.0,
+        gradient_clip_norm=1.0, precision=precision, epochs=1,
+    )
+    optimizer = make_optimizer(config, steps_per_epoch=10)
+    variables = [keras.Variable(np.zeros((3, 4), "float32")), keras.Variable(np.zeros(5, "float32"))]
+    loss_scale = float(optimizer.scale_loss(1.0))  # 1 in float32
+    gradients = [np.full((3, 4), 1e3 * loss_scale, "float32"), np.full(5, -1e3 * loss_scale, "float32")]
+    optimizer.apply_gradients(zip(gradients, variables))
+    update_norm = np.sqrt(sum(np.sum(np.square(variable.numpy())) for variable in variables))
+    assert update_norm == pytest.approx(0.1 * 1.0, rel=1e-5)  # unclipped it would be 0.1 x 4,123
