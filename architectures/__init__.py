@@ -9,20 +9,23 @@ that fails to import fails loudly.
 """
 
 from architectures import (  # noqa: F401  (imported to register the families)
-    baselines,
+    mlp,
+    allconv,
     vgg,
     googlenet,
     resnet,
     densenet,
     convnext,
     squeezenet,
-    mobilenet,
+    mobilenet_v1,
+    mobilenet_v2,
     xception,
     vit,
     resmlp,
-    small_image,
+    resnet_cifar,
+    wide_resnet,
 )
 from architectures.errors import UserError
-from architectures.registry import build, families, info, names
+from architectures.registry import build, check, families, info, names
 
-__all__ = ["UserError", "build", "families", "info", "names"]
+__all__ = ["UserError", "build", "check", "families", "info", "names"]

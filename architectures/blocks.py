@@ -31,6 +31,7 @@ def conv_bn_act(
     activation: str | None = "relu",
     use_bias: bool = False,
     bn_epsilon: float = BN_EPSILON,
+    kernel_initializer: str = "glorot_uniform",
 ) -> keras.KerasTensor:
     """Conv -> BatchNorm -> activation; (batch, H, W, C) -> (batch, H/s, W/s, filters).
 
@@ -45,6 +46,7 @@ def conv_bn_act(
         dilation_rate=dilation_rate,
         groups=groups,
         use_bias=use_bias,
+        kernel_initializer=kernel_initializer,
         name=name,
     )
     x = keras.layers.BatchNormalization(epsilon=bn_epsilon, name=f"{name}_bn")(x)
@@ -63,6 +65,7 @@ def pad_then_conv(
     dilation_rate: int = 1,
     groups: int = 1,
     use_bias: bool = False,
+    kernel_initializer: str = "glorot_uniform",  # Keras's default
 ) -> keras.KerasTensor:
     """A convolution with explicit symmetric zero padding (layer `{name}_pad` where needed)."""
     padding = (kernel_size - 1) // 2 * dilation_rate
@@ -79,6 +82,7 @@ def pad_then_conv(
         dilation_rate=dilation_rate,
         groups=groups,
         use_bias=use_bias,
+        kernel_initializer=kernel_initializer,
         name=f"{name}_conv",
     )(x)
 

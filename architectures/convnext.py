@@ -36,15 +36,13 @@ Differences from keras.applications that touch no weight:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
 import keras
 
 from architectures.blocks import LayerScale, StochasticDepth, stochastic_depth_rates
-from architectures.errors import UserError
-from architectures.registry import register_family
+from architectures.registry import Option, register_family
 
 # keras.applications, torchvision and the authors all use LayerNorm eps 1e-6.
 LN_EPSILON = 1e-6
@@ -65,24 +63,6 @@ SPECS = {
     "convnext_base": ConvNeXtSpec("convnext_base", (3, 3, 27, 3), (128, 256, 512, 1024)),
     "convnext_large": ConvNeXtSpec("convnext_large", (3, 3, 27, 3), (192, 384, 768, 1536)),
 }
-
-
-def _check_options(drop_path_rate: Any, layer_scale_init_value: Any) -> None:
-    if (
-        isinstance(drop_path_rate, bool)
-        or not isinstance(drop_path_rate, (int, float))
-        or not 0.0 <= drop_path_rate < 1.0
-    ):
-        raise UserError(f"convnext drop_path_rate must be a number in [0, 1), got {drop_path_rate!r}")
-    if (
-        isinstance(layer_scale_init_value, bool)
-        or not isinstance(layer_scale_init_value, (int, float))
-        or not (layer_scale_init_value > 0.0 and math.isfinite(layer_scale_init_value))
-    ):
-        raise UserError(
-            f"convnext layer_scale_init_value must be a positive number (the paper's 1e-6), "
-            f"got {layer_scale_init_value!r}"
-        )
 
 
 def _stem(images: keras.KerasTensor, width: int, small_input: bool, *, name: str) -> keras.KerasTensor:
@@ -152,23 +132,28 @@ def convnext_head(
     # with small_input's stride-1 stem, 8 px does.
     min_size=32,
     small_input_min_size=8,
+    options=(
+        Option.rate(
+            "drop_path_rate",
+            0.0,
+            "stochastic depth rate of the last block, rising linearly from 0 at the first "
+            "(the authors' 0.1/0.4/0.5/0.5 for T/S/B/L on ImageNet-1k)",
+        ),
+        Option(
+            "layer_scale_init_value", float, 1e-6, "initial per-channel scale of every residual branch", above=0.0
+        ),
+    ),
     head=convnext_head,
 )
 def convnext_features(
     spec: ConvNeXtSpec,
     images: keras.KerasTensor,
     *,
-    small_input: bool = False,
-    drop_path_rate: float = 0.0,
-    layer_scale_init_value: float = 1e-6,
+    small_input: bool,
+    drop_path_rate: float,
+    layer_scale_init_value: float,
 ) -> keras.KerasTensor:
-    """(batch, H, W, channels) -> (batch, H/32, W/32, C_last); small_input: (batch, H/8, W/8, C_last).
-
-    drop_path_rate is the stochastic depth rate of the last block, rising linearly from 0 at
-    the first (the authors' schedule; 0.1/0.4/0.5/0.5 for T/S/B/L on ImageNet-1k).
-    layer_scale_init_value is the initial per-channel scale of every residual branch.
-    """
-    _check_options(drop_path_rate, layer_scale_init_value)
+    """(batch, H, W, channels) -> (batch, H/32, W/32, C_last); small_input: (batch, H/8, W/8, C_last)."""
     prefix = spec.prefix
     rates = iter(stochastic_depth_rates(sum(spec.stage_depths), float(drop_path_rate)))
     x = _stem(images, spec.stage_widths[0], small_input, name=f"{prefix}_stem")

@@ -24,8 +24,7 @@ from typing import Any
 import keras
 
 from architectures.blocks import conv_bn_act
-from architectures.errors import UserError
-from architectures.registry import register_family
+from architectures.registry import Option, register_family
 
 # torchvision's BasicConv2d uses BatchNorm2d(eps=0.001), not the zoo's 1.001e-5.
 GOOGLENET_BN_EPSILON = 1e-3
@@ -193,24 +192,24 @@ def _aux_classifier(
     SPECS,
     default_size=224,
     reference="Szegedy et al. 2015; torchvision 0.29 googlenet (BatchNorm, 3x3 '5x5' branch)",
+    small_input_min_size=8,  # the stride-1 stem leaves three halvings: 8 px ends at 1x1
+    options=(
+        Option(
+            "aux_logits",
+            bool,
+            False,
+            "torchvision's two auxiliary classifiers as extra model outputs (part of the top)",
+        ),
+    ),
     head=googlenet_head,
 )
 def googlenet_features(
-    spec: GoogLeNetSpec,
-    images: keras.KerasTensor,
-    *,
-    small_input: bool = False,
-    aux_logits: bool = False,
+    spec: GoogLeNetSpec, images: keras.KerasTensor, *, small_input: bool, aux_logits: bool
 ) -> dict[str, keras.KerasTensor]:
     """(batch, H, W, 3) -> {"features": (batch, H/32, W/32, 1024)} (H/8 with small_input),
-    plus the outputs of the modules in `spec.aux_after` ("4a", "4d") when aux_logits is on.
-
-    aux_logits adds torchvision's two auxiliary classifiers as extra model outputs; they are
-    part of the classification top, so include_top=False leaves them out.
+    plus the outputs of the modules in `spec.aux_after` ("4a", "4d") when aux_logits is on: the
+    auxiliary classifiers are part of the top, so include_top=False leaves them out.
     """
-    for option, value in (("small_input", small_input), ("aux_logits", aux_logits)):
-        if not isinstance(value, bool):
-            raise UserError(f"googlenet option {option} must be True or False, got {value!r}")
     x = _stem(images, small_input)
     aux_inputs = {}  # the head's auxiliary classifiers read these by module name
     for (pool_name, pool_size), stage in zip(STAGE_POOLS, spec.stages):

@@ -1,10 +1,10 @@
 """The zoo's one registry: every variant of every family, by name.
 
 A family is a features function plus a spec table (timm's `register_model`, torchvision's
-`_api.py`): `@register_family("resnet", SPECS, default_size=224)` registers every row of
-`SPECS`, and a duplicate name fails at import. The features function's keyword-only
-parameters *are* the family's options, so `build()` knows what a family accepts without a
-second list that could drift.
+`_api.py`): `@register_family("resnet", SPECS, default_size=224, options=...)` registers every
+row of `SPECS`, and a duplicate name fails at import. Each family lists its options as
+`Option`s, with their types and ranges; `check()` applies them, and the rules on input size,
+for `build()` and for the training config alike, so each rule has one message.
 
     names("resnext*")          -> ["resnext50_32x4d", "resnext101_32x8d"]
     info("resnet50").family    -> "resnet"
@@ -16,19 +16,74 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import inspect
+import math
 import os
 import re
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
 
 import keras
 
 from architectures.errors import UserError
+from architectures.weights import load_weights
 
-# The options every family must accept, and what they mean.
-SHARED_OPTIONS = ("small_input",)  # small_input: a stem for 28-32 px images (no early downsampling)
 POOLING_CHOICES = (None, "avg", "max")
 WEIGHT_SUFFIXES = (".h5", ".keras")  # ".weights.h5" ends in ".h5" too
+IMAGE_CHANNELS = 3  # of the default input; any other count is the caller's input_shape
+
+
+@dataclass(frozen=True)
+class Option:
+    """One family option: its type, default and allowed values, declared once and checked by
+    `check()`. A None default also accepts None ("the reference's choice")."""
+
+    name: str
+    type: type  # bool, int, float (ints accepted) or str
+    default: Any
+    help: str
+    choices: tuple[Any, ...] = ()  # the allowed values, when they are a list
+    at_least: float | None = None  # inclusive lower bound of a number
+    above: float | None = None  # exclusive lower bound
+    below: float | None = None  # exclusive upper bound
+
+    @classmethod
+    def rate(cls, name: str, default: float, help: str) -> Option:
+        """A dropout-like rate in [0, 1): 1 would drop everything."""
+        return cls(name, float, default, help, at_least=0.0, below=1.0)
+
+    def allows(self, value: Any) -> bool:
+        if value is None:
+            return self.default is None
+        if self.choices:
+            return type(value) is self.type and value in self.choices
+        if self.type is float:
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                return False
+        elif type(value) is not self.type:  # type(), not isinstance(): True is not an int here
+            return False
+        return not (
+            (self.at_least is not None and value < self.at_least)
+            or (self.above is not None and value <= self.above)
+            or (self.below is not None and value >= self.below)
+        )
+
+    def describe(self) -> str:
+        """The allowed values in words: "a number in [0, 1)", "one of 8, 16, 32"."""
+        if self.choices:
+            allowed = "one of " + ", ".join(repr(choice) for choice in self.choices)
+        elif self.type is bool:
+            allowed = "True or False"
+        else:
+            allowed = {int: "an integer", float: "a number", str: "a string"}[self.type]
+            inclusive = self.at_least is not None
+            low = self.at_least if inclusive else self.above
+            if low is not None and self.below is not None:
+                allowed += f" in {'[' if inclusive else '('}{low:g}, {self.below:g})"
+            elif low is not None:
+                allowed += f" {'>=' if inclusive else '>'} {low:g}"
+            elif self.below is not None:
+                allowed += f" < {self.below:g}"
+        return f"None or {allowed}" if self.default is None else allowed
 
 
 @dataclass(frozen=True)
@@ -36,13 +91,13 @@ class Family:
     """One architecture family: how to build its features and, optionally, its own head."""
 
     name: str
-    features: Callable[..., Any]  # (spec, images, **options) -> tensor or {"features": tensor, ...}
+    features: Callable[..., Any]  # (spec, images, [small_input], **options) -> tensor or {"features": ...}
     head: Callable[..., Any] | None  # (spec, feature_maps, *, num_classes, classifier_activation, options)
     default_size: int  # input side at which the paper's figures (params, MACs) hold
     min_size: int  # smallest input side the default stem accepts
-    small_input_min_size: int  # smallest input side with small_input=True
+    small_input_min_size: int | None  # smallest side with the small-input stem; None: no such stem
     reference: str  # paper and reference implementation
-    options: dict[str, Any] = field(default_factory=dict)  # option name -> default
+    options: dict[str, Option]
     weights_options: Callable[[str], dict[str, Any]] | None = None  # weights file -> options it needs
 
 
@@ -55,9 +110,13 @@ class VariantInfo:
     spec: Any
     default_size: int
     min_size: int
-    small_input_min_size: int
+    small_input_min_size: int | None  # None: the family is built for small images, no other stem
     reference: str
-    options: dict[str, Any]
+    options: dict[str, Option]
+
+    @property
+    def default_input_shape(self) -> tuple[int, int, int]:
+        return (self.default_size, self.default_size, IMAGE_CHANNELS)
 
 
 _FAMILIES: dict[str, Family] = {}
@@ -71,20 +130,24 @@ def register_family(
     *,
     default_size: int,
     reference: str,
+    options: tuple[Option, ...] = (),
     min_size: int = 32,
-    small_input_min_size: int = 8,
+    small_input_min_size: int | None = None,
     head: Callable[..., Any] | None = None,
     weights_options: Callable[[str], dict[str, Any]] | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorator: register `features` for every row of `specs`; duplicates fail at import."""
+    """Decorator: register `features` for every row of `specs`; duplicates fail at import.
+
+    `small_input_min_size` marks a family with a stem for 28-32 px images, which `build`
+    selects with small_input=True; a family built for small images has none, and leaves it None.
+    """
 
     def decorator(features: Callable[..., Any]) -> Callable[..., Any]:
         if name in _FAMILIES:
             raise RuntimeError(f"architecture family {name!r} is registered twice")
-        options = _declared_options(features)
-        missing = [option for option in SHARED_OPTIONS if option not in options]
-        if missing:
-            raise RuntimeError(f"family {name!r} must accept the shared options {missing}")
+        declared = {option.name: option for option in options}
+        small_stem = ["small_input"] if small_input_min_size is not None else []
+        _check_signature(name, features, [*declared, *small_stem])
         duplicates = sorted(set(specs) & set(_VARIANT_FAMILY))
         if duplicates:
             raise RuntimeError(f"family {name!r} registers names taken by another family: {duplicates}")
@@ -96,7 +159,7 @@ def register_family(
             min_size=min_size,
             small_input_min_size=small_input_min_size,
             reference=reference,
-            options=options,
+            options=declared,
             weights_options=weights_options,
         )
         for variant, spec in specs.items():
@@ -107,15 +170,22 @@ def register_family(
     return decorator
 
 
-def _declared_options(features: Callable[..., Any]) -> dict[str, Any]:
-    """The keyword-only parameters of a features function, with their defaults."""
-    options = {}
-    for parameter in inspect.signature(features).parameters.values():
-        if parameter.kind is inspect.Parameter.KEYWORD_ONLY:
-            if parameter.default is inspect.Parameter.empty:
-                raise RuntimeError(f"option {parameter.name!r} of {features.__name__} needs a default")
-            options[parameter.name] = parameter.default
-    return options
+def _check_signature(family: str, features: Callable[..., Any], expected: list[str]) -> None:
+    """The features function takes exactly the declared options (and small_input where the family
+    has that stem) as keyword-only parameters without defaults: the declaration holds the defaults."""
+    parameters = [
+        parameter
+        for parameter in inspect.signature(features).parameters.values()
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+    ]
+    if sorted(parameter.name for parameter in parameters) != sorted(expected):
+        raise RuntimeError(
+            f"family {family!r}: {features.__name__} takes keyword options "
+            f"{sorted(parameter.name for parameter in parameters)}, but {sorted(expected)} are declared"
+        )
+    defaulted = [parameter.name for parameter in parameters if parameter.default is not inspect.Parameter.empty]
+    if defaulted:
+        raise RuntimeError(f"family {family!r}: defaults of {defaulted} belong in the Option declarations")
 
 
 def _natural_key(text: str) -> list[Any]:
@@ -156,37 +226,49 @@ def info(name: str) -> VariantInfo:
     )
 
 
-def _resolve_options(variant: VariantInfo, given: dict[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(given) - set(variant.options))
+def check(
+    name: str, options: Mapping[str, Any], *, image_side: int | None = None, small_input: bool = False
+) -> dict[str, Any]:
+    """Every option given, filled with the declared defaults, after the registry's rules: the
+    variant exists, small_input is a bool, each option is declared and allowed, and an input side
+    (None: not known yet) is large enough for the chosen stem. Raises `UserError`."""
+    variant = info(name)
+    if not isinstance(small_input, bool):
+        raise UserError(f"small_input must be True or False, got {small_input!r}")
+    unknown = sorted(set(options) - set(variant.options))
     if unknown:
-        allowed = ", ".join(sorted(variant.options))
+        allowed = f"its options are: {', '.join(sorted(variant.options))}" if variant.options else "it has none"
+        raise UserError(f"{name} has no option {unknown[0]!r}; {allowed}")
+    for option_name, value in options.items():
+        option = variant.options[option_name]
+        if not option.allows(value):
+            raise UserError(f"{name} option {option_name} must be {option.describe()}, got {value!r}")
+    if image_side is not None:
+        _check_image_side(variant, image_side, small_input)
+    return {**{option.name: option.default for option in variant.options.values()}, **options}
+
+
+def _check_image_side(variant: VariantInfo, side: int, small_input: bool) -> None:
+    small_stem = variant.small_input_min_size
+    has_small_stem = small_stem is not None
+    smallest = small_stem if small_input and has_small_stem else variant.min_size
+    if side < smallest:
+        hint = f", or {small_stem}x{small_stem} with small_input=True" if has_small_stem and not small_input else ""
         raise UserError(
-            f"{variant.name} ({variant.family}) has no option {unknown[0]!r}; its options are: {allowed}"
+            f"input side {side} is too small for {variant.name}: "
+            f"it needs at least {smallest}x{smallest} pixels{hint}"
         )
-    resolved = {**variant.options, **given}
-    if not isinstance(resolved["small_input"], bool):
-        raise UserError(f"small_input must be True or False, got {resolved['small_input']!r}")
-    return resolved
 
 
-def _resolve_input_shape(
-    variant: VariantInfo, input_shape: Any, small_input: bool
-) -> tuple[int, int, int]:
+def _resolve_input_shape(variant: VariantInfo, input_shape: Any) -> tuple[int, int, int]:
     if input_shape is None:
-        return (variant.default_size, variant.default_size, 3)
+        return variant.default_input_shape
     try:
         shape = tuple(int(side) for side in input_shape)
     except (TypeError, ValueError):
         raise UserError(f"input_shape must be (height, width, channels), got {input_shape!r}") from None
     if len(shape) != 3 or min(shape) < 1:
         raise UserError(f"input_shape must be (height, width, channels) of positive sizes, got {input_shape!r}")
-    smallest = variant.small_input_min_size if small_input else variant.min_size
-    if min(shape[:2]) < smallest:
-        hint = "" if small_input else "; pass small_input=True for 28-32 px images"
-        raise UserError(
-            f"{variant.name} needs inputs of at least {smallest}x{smallest} pixels, "
-            f"got {shape[0]}x{shape[1]}{hint}"
-        )
     return shape
 
 
@@ -229,6 +311,7 @@ def build(
     pooling: str | None = None,
     weights: str | os.PathLike[str] | None = None,
     classifier_activation: str | None = "softmax",
+    small_input: bool = False,
     **options: Any,
 ) -> keras.Model:
     """A functional `keras.Model` for one registered variant.
@@ -236,8 +319,10 @@ def build(
     input_shape=None means the family's default size with 3 channels. With
     include_top=False the model ends at the features, pooled when `pooling` is
     "avg" or "max". `weights` is None or a file: a keras.applications legacy `.h5`,
-    or the project's own `.weights.h5` / `.keras`. Options a family does not declare,
-    and inputs too small for it, raise `UserError` before anything is built.
+    or the project's own `.weights.h5` / `.keras`. small_input=True picks the family's
+    stem for 28-32 px images; a family built for such images already has it. Options a
+    family does not declare, and inputs too small for it, raise `UserError` (`check`)
+    before anything is built.
     """
     variant = info(name)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
@@ -248,11 +333,12 @@ def build(
     family = _FAMILIES[variant.family]
     if weights_path is not None and family.weights_options is not None:
         options = _merge_weights_options(variant, options, family.weights_options(weights_path))
-    resolved = _resolve_options(variant, options)
-    shape = _resolve_input_shape(variant, input_shape, resolved["small_input"])
+    shape = _resolve_input_shape(variant, input_shape)
+    resolved = check(name, options, image_side=min(shape[:2]), small_input=small_input)
 
     images = keras.Input(shape=shape, name="images")
-    feature_maps = family.features(variant.spec, images, **resolved)
+    stem = {"small_input": small_input} if variant.small_input_min_size is not None else {}
+    feature_maps = family.features(variant.spec, images, **stem, **resolved)
     if not isinstance(feature_maps, dict):
         feature_maps = {"features": feature_maps}
     if include_top:
@@ -268,8 +354,6 @@ def build(
         outputs = _pool(feature_maps["features"], pooling)
     model = keras.Model(images, outputs, name=name)
     if weights_path is not None:
-        from architectures.weights import load_weights  # imported late: h5py is only needed here
-
         load_weights(model, weights_path)
     return model
 

@@ -86,9 +86,7 @@ def _residual_block(x: keras.KerasTensor, spec: ResMLPSpec, *, name: str) -> ker
     min_size=16,
     small_input_min_size=SMALL_INPUT_PATCH_SIZE,
 )
-def resmlp_features(
-    spec: ResMLPSpec, images: keras.KerasTensor, *, small_input: bool = False
-) -> keras.KerasTensor:
+def resmlp_features(spec: ResMLPSpec, images: keras.KerasTensor, *, small_input: bool) -> keras.KerasTensor:
     """(batch, H, W, 3) -> (batch, H/p, W/p, dim): the tokens after the final Affine."""
     patch_size = SMALL_INPUT_PATCH_SIZE if small_input else spec.patch_size
     check_patch_grid(images, patch_size, small_input_patch_size=None if small_input else SMALL_INPUT_PATCH_SIZE)

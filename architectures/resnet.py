@@ -15,17 +15,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import h5py
 import keras
 
 from architectures import blocks
 from architectures.blocks import BN_EPSILON, conv_bn_act, pad_then_conv
 from architectures.errors import UserError
-from architectures.registry import register_family
+from architectures.registry import Option, register_family
+from architectures.weights import legacy_weight_count
 
 LAYOUTS = ("v1.5", "v1")  # where a bottleneck's stride sits: the 3x3 (torchvision) or first 1x1 (keras)
 OUTPUT_STRIDES = (8, 16, 32)  # 32: plain; 16: conv5 dilated; 8: conv4 and conv5 dilated
-ATTENTION_KINDS = (None, "se", "cbam")
+ATTENTION_KINDS = ("se", "cbam")  # or None: none
 STAGE_WIDTHS = (64, 128, 256, 512)  # "planes" of conv2..conv5; a bottleneck outputs 4x this
 
 
@@ -56,15 +56,8 @@ def keras_applications_layout(weights_path: str) -> dict[str, str]:
     """keras.applications' ResNet `.h5` files have conv biases and the v1 layout; build that."""
     if not weights_path.endswith(".h5") or weights_path.endswith(".weights.h5"):
         return {}
-    try:
-        weights_file = h5py.File(weights_path, "r")
-    except OSError:
-        return {}  # not HDF5: the weights loader says so
-    with weights_file:
-        group = weights_file["model_weights"] if "model_weights" in weights_file else weights_file
-        first_conv = group.get("conv2_block1_1_conv")
-        if first_conv is not None and len(first_conv.attrs.get("weight_names", [])) == 2:
-            return {"layout": "v1"}
+    if legacy_weight_count(weights_path, "conv2_block1_1_conv") == 2:  # kernel and bias
+        return {"layout": "v1"}
     return {}
 
 
@@ -75,30 +68,33 @@ def keras_applications_layout(weights_path: str) -> dict[str, str]:
     reference="He et al. 2016; Xie et al. 2017; torchvision resnet.py, keras.applications resnet.py",
     min_size=32,
     small_input_min_size=8,
+    options=(
+        Option(
+            "output_stride",
+            int,
+            32,
+            "16 or 8 dilate the last one or two stages instead of striding them "
+            "(torchvision's replace_stride_with_dilation)",
+            choices=OUTPUT_STRIDES,
+        ),
+        Option("layout", str, "v1.5", "where a bottleneck's stride sits (see LAYOUTS)", choices=LAYOUTS),
+        Option("attention", str, None, "on every block; None: the variant's own", choices=ATTENTION_KINDS),
+    ),
     weights_options=keras_applications_layout,
 )
 def resnet_features(
     spec: ResNetSpec,
     images: keras.KerasTensor,
     *,
-    small_input: bool = False,
-    output_stride: int = 32,
-    layout: str = "v1.5",
-    attention: str | None = None,
+    small_input: bool,
+    output_stride: int,
+    layout: str,
+    attention: str | None,
 ) -> keras.KerasTensor:
     """(batch, H, W, 3) -> (batch, H/output_stride, W/output_stride, C); C = 512 or 2048.
 
-    output_stride 16 or 8 replaces the stride of the last one or two stages with dilation
-    (the lecture's dilated convolutions; torchvision's replace_stride_with_dilation).
-    `attention` adds "se" or "cbam" to every block of any ResNet (default: the spec's).
     small_input: a 3x3 stride-1 stem without max pooling, so 28-32 px inputs end at 4x4.
     """
-    if output_stride not in OUTPUT_STRIDES:
-        raise UserError(f"output_stride must be one of {OUTPUT_STRIDES}, got {output_stride!r}")
-    if layout not in LAYOUTS:
-        raise UserError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-    if attention not in ATTENTION_KINDS:
-        raise UserError(f"attention must be one of {ATTENTION_KINDS}, got {attention!r}")
     if small_input and output_stride != 32:
         raise UserError("output_stride applies to the ImageNet stem; with small_input the output stride is 8")
     block_attention = attention or spec.attention

@@ -29,7 +29,6 @@ from typing import Any
 
 import keras
 
-from architectures.errors import UserError
 from architectures.registry import register_family
 
 POOL_SIZE = 3  # every max pool is 3x3 with stride 2 (paper section 3.3; torchvision)
@@ -93,15 +92,13 @@ def squeezenet_head(
     head=squeezenet_head,
 )
 def squeezenet_features(
-    spec: SqueezeNetSpec, images: keras.KerasTensor, *, small_input: bool = False
+    spec: SqueezeNetSpec, images: keras.KerasTensor, *, small_input: bool
 ) -> keras.KerasTensor:
     """(batch, H, W, C_in) -> (batch, ~H/16, ~W/16, 512) (13x13 at 224 px).
 
     small_input=True makes conv1 a 3x3 stride-1 "same" convolution (as CIFAR adaptations of
     SqueezeNet do), so only the three pools downsample: 32 px -> 4x4, 28 px -> 3x3.
     """
-    if not isinstance(small_input, bool):
-        raise UserError(f"small_input must be True or False, got {small_input!r}")
     if small_input:
         x = keras.layers.Conv2D(spec.stem_filters, 3, padding="same", name="conv1")(images)
     else:

@@ -30,8 +30,7 @@ from typing import Any
 import keras
 
 from architectures.blocks import BN_EPSILON
-from architectures.errors import UserError
-from architectures.registry import register_family
+from architectures.registry import Option, register_family
 
 FC_UNITS = 4096  # fc1 and fc2 width, Simonyan and Zisserman Table 1
 
@@ -54,11 +53,6 @@ SPECS = {
     "vgg16_bn": VGGSpec("D", (2, 2, 3, 3, 3), batch_norm=True),
     "vgg19_bn": VGGSpec("E", (2, 2, 4, 4, 4), batch_norm=True),
 }
-
-
-def _check_dropout(dropout: Any) -> None:
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-        raise UserError(f"vgg dropout must be a number in [0, 1), got {dropout!r}")
 
 
 def _conv(x: keras.KerasTensor, filters: int, batch_norm: bool, *, name: str) -> keras.KerasTensor:
@@ -101,21 +95,19 @@ def vgg_head(
     # pools need at least 16 px (16 -> 1x1; 28 -> 1x1; 32 -> 2x2).
     min_size=32,
     small_input_min_size=16,
+    options=(
+        Option.rate("dropout", 0.5, "rate after fc1 and fc2 (0 disables them)"),
+    ),
     head=vgg_head,
 )
 def vgg_features(
-    spec: VGGSpec,
-    images: keras.KerasTensor,
-    *,
-    small_input: bool = False,
-    dropout: float = 0.5,
+    spec: VGGSpec, images: keras.KerasTensor, *, small_input: bool, dropout: float
 ) -> keras.KerasTensor:
     """(batch, H, W, 3) -> (batch, H/32, W/32, 512); with small_input, (batch, H/16, W/16, 512).
 
     small_input drops block5_pool so a 32 px image keeps a 2x2 map for the flatten head.
-    dropout is the rate after fc1 and fc2 (torchvision's 0.5; 0 disables it).
+    dropout acts in the head.
     """
-    _check_dropout(dropout)
     x = images
     last_stage = len(spec.stage_depths)
     for stage, (depth, filters) in enumerate(zip(spec.stage_depths, spec.stage_widths), start=1):

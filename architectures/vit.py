@@ -28,8 +28,7 @@ import keras
 from keras import ops
 
 from architectures.blocks import check_patch_grid
-from architectures.errors import UserError
-from architectures.registry import register_family
+from architectures.registry import Option, register_family
 
 # 1e-6 as torchvision's ViT (partial(nn.LayerNorm, eps=1e-6)), not Keras's 1e-3.
 LAYER_NORM_EPSILON = 1e-6
@@ -93,11 +92,6 @@ class PositionEmbedding(keras.layers.Layer):
         return inputs + ops.cast(self.pos_embedding, inputs.dtype)
 
 
-def _check_rate(option: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-        raise UserError(f"{option} must be a number in [0, 1), got {value!r}")
-
-
 def _encoder_block(
     x: keras.KerasTensor, spec: ViTSpec, *, dropout: float, attention_dropout: float, name: str
 ) -> keras.KerasTensor:
@@ -145,24 +139,18 @@ def vit_head(
     reference="Dosovitskiy et al. 2021; torchvision vision_transformer.py",
     min_size=16,
     small_input_min_size=SMALL_INPUT_PATCH_SIZE,
+    # torchvision's two options, 0 by default.
+    options=(
+        Option.rate("dropout", 0.0, "after the position embedding, the attention and in each MLP"),
+        Option.rate("attention_dropout", 0.0, "on the attention weights"),
+    ),
     head=vit_head,
 )
 def vit_features(
-    spec: ViTSpec,
-    images: keras.KerasTensor,
-    *,
-    small_input: bool = False,
-    dropout: float = 0.0,
-    attention_dropout: float = 0.0,
+    spec: ViTSpec, images: keras.KerasTensor, *, small_input: bool, dropout: float, attention_dropout: float
 ) -> dict[str, keras.KerasTensor]:
     """(batch, H, W, 3) -> {"features": (batch, H/p, W/p, C) patch tokens,
-    "tokens": (batch, 1 + HW/p^2, C) class token first}, both after the final LayerNorm.
-
-    `dropout` acts after the position embedding, the attention and in each MLP;
-    `attention_dropout` on the attention weights (torchvision's two options, 0 by default).
-    """
-    _check_rate("dropout", dropout)
-    _check_rate("attention_dropout", attention_dropout)
+    "tokens": (batch, 1 + HW/p^2, C) class token first}, both after the final LayerNorm."""
     patch_size = SMALL_INPUT_PATCH_SIZE if small_input else spec.patch_size
     check_patch_grid(images, patch_size, small_input_patch_size=None if small_input else SMALL_INPUT_PATCH_SIZE)
     grid_height, grid_width = images.shape[1] // patch_size, images.shape[2] // patch_size

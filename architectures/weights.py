@@ -64,6 +64,19 @@ def read_legacy_h5(path: str) -> OrderedDict[str, list[np.ndarray]]:
     return arrays
 
 
+def legacy_weight_count(path: str, layer_name: str) -> int | None:
+    """How many arrays a legacy `.h5` file holds for one layer; None if it is not such a file
+    or has no such layer (the loader reports those when it loads)."""
+    try:
+        weights_file = h5py.File(path, "r")
+    except OSError:
+        return None
+    with weights_file:
+        group = weights_file["model_weights"] if "model_weights" in weights_file else weights_file
+        layer_group = group.get(layer_name)
+        return None if layer_group is None else len(layer_group.attrs.get("weight_names", []))
+
+
 def _strings(values) -> list[str]:
     return [value.decode("utf8") if isinstance(value, bytes) else str(value) for value in values]
 

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 
 import keras
 
-from architectures.errors import UserError
 from architectures.registry import register_family
 
 # keras.applications Xception uses the Keras BatchNorm defaults; its weights expect them.
@@ -65,17 +64,13 @@ SPECS = {
     min_size=71,  # as keras.applications
     small_input_min_size=8,  # 8 -> 6 -> 4 after the stride-1 stem, then three halvings to 1
 )
-def xception_features(
-    spec: XceptionSpec, images: keras.KerasTensor, *, small_input: bool = False
-) -> keras.KerasTensor:
+def xception_features(spec: XceptionSpec, images: keras.KerasTensor, *, small_input: bool) -> keras.KerasTensor:
     """(batch, H, W, C_in) -> (batch, ~H/32, ~W/32, 2048) (10x10 at 299 px).
 
     small_input=True gives block1_conv1 stride 1 and removes block2's downsampling (no pool,
     a stride-1 residual conv): total stride 8, so 32 px ends at 4x4 and 28 px at 3x3. The
     weighted layers and their shapes do not change.
     """
-    if not isinstance(small_input, bool):
-        raise UserError(f"small_input must be True or False, got {small_input!r}")
     x = images
     for index, filters in enumerate(spec.stem_filters, start=1):
         strides = 2 if index == 1 and not small_input else 1

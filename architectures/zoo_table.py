@@ -60,7 +60,7 @@ def zoo_row(name: str, num_classes: int = SIZES_CLASSES) -> ZooRow:
         family=info(name).family,
         trainable_parameters=sum(int(np.prod(weight.shape)) for weight in model.trainable_weights),
         macs=count_macs(model),
-        default_input="x".join(str(side) for side in model.input_shape[1:]),
+        default_input=_shape_text(model.input_shape[1:]),
     )
     keras.backend.clear_session()
     return row
@@ -72,8 +72,11 @@ def listed_row(name: str, num_classes: int = SIZES_CLASSES) -> ZooRow:
         return zoo_row(name, num_classes)
     variant = info(name)
     trainable_parameters, macs = SIZES[name]
-    side = variant.default_size
-    return ZooRow(name, variant.family, trainable_parameters, macs, f"{side}x{side}x3")
+    return ZooRow(name, variant.family, trainable_parameters, macs, _shape_text(variant.default_input_shape))
+
+
+def _shape_text(shape: tuple[int, ...]) -> str:
+    return "x".join(str(side) for side in shape)
 
 
 def _format(values: tuple[str, ...]) -> str:

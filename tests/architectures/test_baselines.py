@@ -1,4 +1,5 @@
-"""The baselines family: the benchmark MLP 256-128-100 and All-CNN-C (Springenberg et al. 2015)."""
+"""The baselines, one family each: the benchmark MLP 256-128-100 and All-CNN-C (Springenberg et al.
+2015)."""
 
 import keras
 import numpy as np
@@ -146,8 +147,13 @@ def test_invalid_options_raise_user_error_naming_the_value(options, message):
 
 
 def test_allconv_rejects_inputs_too_small_for_its_valid_convolution():
-    with pytest.raises(UserError, match="8x8"):
+    with pytest.raises(UserError, match="input side 8 is too small for allconv: it needs at least 9x9 pixels"):
         architectures.build("allconv", num_classes=10, input_shape=(8, 8, 3))
+
+
+def test_mlp_has_no_dropout_option_as_the_benchmark_mlp_has_no_dropout():
+    with pytest.raises(UserError, match="mlp has no option 'dropout'; its options are: batch_norm"):
+        architectures.build("mlp", num_classes=10, dropout=False)
 
 
 @pytest.mark.parametrize("name", ["mlp", "allconv"])

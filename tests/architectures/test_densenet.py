@@ -1,4 +1,5 @@
-"""DenseNet: torchvision's parameter counts, keras.applications' names, weights and outputs."""
+"""DenseNet: torchvision's parameter counts, keras.applications' names, weights and outputs; the
+CIFAR DenseNet-BC against its paper, its shapes and dropout."""
 
 import keras
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 import architectures
 from architectures.zoo_table import build_uninitialised
 from tests.architectures.keras_reference import build_keras_uninitialised
-from tests.architectures.reference_counts import PARAMS
+from tests.architectures.reference_counts import PARAMS, SMALL_IMAGE_PARAMS
 
 KERAS_APPLICATIONS = {
     "densenet121": keras.applications.DenseNet121,
@@ -161,3 +162,28 @@ def test_densenet121_survives_a_keras_save_and_load_round_trip(tmp_path):
         keras.ops.convert_to_numpy(model(images, training=False)),
         atol=1e-6,
     )
+
+
+def test_densenet_bc_parameter_count_matches_the_paper():
+    expected, tolerance, source = SMALL_IMAGE_PARAMS["densenet_bc_100_12"]
+    actual = _trainable_count(build_uninitialised("densenet_bc_100_12", num_classes=10, input_shape=(32, 32, 3)))
+    assert actual == pytest.approx(expected, rel=tolerance), source
+
+
+def test_densenet_bc_keeps_a_quarter_of_the_input_and_gives_finite_probabilities():
+    model = architectures.build("densenet_bc_100_12", num_classes=10, input_shape=(28, 28, 1))
+    assert tuple(model.get_layer("avg_pool").input.shape) == (None, 7, 7, 342)
+    images = np.random.default_rng(0).uniform(0.0, 1.0, (2, 28, 28, 1)).astype("float32")
+    probabilities = keras.ops.convert_to_numpy(model(images, training=False))
+    assert np.all(np.isfinite(probabilities))
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_densenet_bc_dropout_follows_every_convolution_but_the_stem():
+    model = architectures.build("densenet_bc_100_12", input_shape=(8, 8, 3), include_top=False, dropout=0.2)
+    dropouts = [layer for layer in model.layers if isinstance(layer, keras.layers.Dropout)]
+    assert len(dropouts) == 2 * 3 * 16 + 2  # two per dense layer, one per transition
+    assert all(layer.rate == 0.2 for layer in dropouts)
+    assert "conv2_block1_1_drop" in [layer.name for layer in dropouts]
+    plain = architectures.build("densenet_bc_100_12", input_shape=(8, 8, 3), include_top=False)
+    assert not [layer for layer in plain.layers if isinstance(layer, keras.layers.Dropout)]

@@ -168,10 +168,16 @@ def test_names_filter_by_wildcard_in_natural_order():
     assert architectures.names("no_such_*") == []
 
 
-def test_info_gives_family_and_default_size():
+def test_info_gives_family_default_size_and_declared_options():
     variant = architectures.info("resnet50")
-    assert (variant.family, variant.default_size) == ("resnet", 224)
-    assert "small_input" in variant.options
+    assert (variant.family, variant.default_size, variant.small_input_min_size) == ("resnet", 224, 8)
+    assert list(variant.options) == ["output_stride", "layout", "attention"]
+    assert variant.options["output_stride"].default == 32
+
+
+def test_families_built_for_small_images_have_no_small_input_stem():
+    for name in ["resnet20", "wrn_16_4", "densenet_bc_100_12", "mlp", "allconv"]:
+        assert architectures.info(name).small_input_min_size is None, name
 
 
 def test_unknown_architecture_suggests_close_names():
@@ -189,10 +195,21 @@ def test_user_error_is_a_value_error():
         ({"num_classes": 0}, "num_classes must be a positive integer"),
         ({"num_classes": 2.5}, "num_classes must be a positive integer"),
         ({"pooling": "mean"}, "pooling must be one of"),
-        ({"input_shape": (16, 16, 3)}, r"at least 32x32 pixels, got 16x16; pass small_input=True"),
+        (
+            {"input_shape": (16, 40, 3)},
+            r"^input side 16 is too small for resnet18: it needs at least 32x32 pixels, or 8x8 with small_input=True$",
+        ),
+        ({"input_shape": (4, 4, 3), "small_input": True}, r"it needs at least 8x8 pixels$"),
+        ({"small_input": "yes"}, r"^small_input must be True or False, got 'yes'$"),
         ({"input_shape": (64, 64)}, r"input_shape must be \(height, width, channels\)"),
         ({"input_shape": "big"}, r"input_shape must be \(height, width, channels\)"),
-        ({"no_such_option": 1}, r"has no option 'no_such_option'; its options are: .*small_input"),
+        (
+            {"no_such_option": 1},
+            r"^resnet18 has no option 'no_such_option'; its options are: attention, layout, output_stride$",
+        ),
+        ({"small_input": True, "output_stride": 4}, r"^resnet18 option output_stride must be one of 8, 16, 32, got 4$"),
+        ({"output_stride": 16.0}, "output_stride must be one of 8, 16, 32, got 16.0"),
+        ({"attention": "transformer"}, r"attention must be None or one of 'se', 'cbam', got 'transformer'$"),
         ({"weights": "missing.h5"}, "weights file not found: missing.h5"),
         ({"weights": "weights.npz"}, "weights must be None or a .h5, .weights.h5 or .keras file"),
     ],
@@ -202,19 +219,68 @@ def test_impossible_arguments_raise_user_error(arguments, message):
         architectures.build("resnet18", **arguments)
 
 
+def test_check_fills_declared_defaults_and_checks_the_input_side():
+    assert registry.check("resnet18", {"layout": "v1"}) == {"output_stride": 32, "layout": "v1", "attention": None}
+    assert registry.check("resnet20", {}, image_side=8) == {}
+    message = "^input side 7 is too small for resnet20: it needs at least 8x8 pixels$"  # no other stem to suggest
+    with pytest.raises(architectures.UserError, match=message):
+        registry.check("resnet20", {}, image_side=7, small_input=True)
+
+
+@pytest.mark.parametrize(
+    "declaration, allowed, refused, words",
+    [
+        ((float, 0.0, {"at_least": 0.0, "below": 1.0}), [0, 0.5], [1.0, -0.1, True, "0.1", float("nan"), None], "a number in [0, 1)"),
+        ((float, 1e-6, {"above": 0.0}), [1e-9, 3], [0.0, float("inf")], "a number > 0"),
+        ((float, 1.0, {"at_least": 0.25}), [0.25], [0.2], "a number >= 0.25"),
+        ((float, None, {"at_least": 0.0, "below": 1.0}), [None, 0.1], [2.0], "None or a number in [0, 1)"),
+        ((bool, False, {}), [True, False], [1, "yes", None], "True or False"),
+        ((int, 32, {"choices": (8, 32)}), [8, 32], [16, 8.0, True], "one of 8, 32"),
+    ],
+)  # fmt: skip
+def test_option_declarations_say_and_check_what_they_allow(declaration, allowed, refused, words):
+    option_type, default, limits = declaration
+    option = registry.Option("option", option_type, default, "test", **limits)
+    assert option.describe() == words
+    assert all(option.allows(value) for value in allowed)
+    assert not any(option.allows(value) for value in refused)
+
+
 def test_duplicate_variant_names_fail_at_registration():
     with pytest.raises(RuntimeError, match="names taken by another family"):
 
         @registry.register_family("copycat", {"resnet50": None}, default_size=224, reference="test")
-        def copycat_features(spec, images, *, small_input: bool = False):
+        def copycat_features(spec, images):
             return images
 
     assert "copycat" not in registry.families()
 
 
-def test_family_without_small_input_option_is_refused():
-    with pytest.raises(RuntimeError, match="shared options"):
+def test_features_function_must_take_exactly_the_declared_options():
+    with pytest.raises(RuntimeError, match=r"takes keyword options \['depth'\], but \['width'\] are declared"):
 
-        @registry.register_family("no_small_input", {"tiny_variant": None}, default_size=32, reference="test")
-        def no_small_input_features(spec, images):
+        @registry.register_family(
+            "mismatch", {"mismatch_variant": None}, default_size=32, reference="test",
+            options=(registry.Option("width", int, 1, "test"),),
+        )  # fmt: skip
+        def mismatch_features(spec, images, *, depth):
             return images
+
+    with pytest.raises(RuntimeError, match=r"\['small_input'\] are declared"):
+
+        @registry.register_family(
+            "no_small_stem", {"no_small_stem_variant": None}, default_size=224, reference="test", small_input_min_size=8
+        )
+        def no_small_stem_features(spec, images):
+            return images
+
+    with pytest.raises(RuntimeError, match="belong in the Option declarations"):
+
+        @registry.register_family(
+            "defaulted", {"defaulted_variant": None}, default_size=32, reference="test",
+            options=(registry.Option("width", int, 1, "test"),),
+        )  # fmt: skip
+        def defaulted_features(spec, images, *, width=2):
+            return images
+
+    assert not {"mismatch", "no_small_stem", "defaulted"} & set(registry.families())

@@ -116,7 +116,7 @@ def test_small_input_stem_keeps_28px_resolution_until_conv3():
     [
         ({"output_stride": 4}, "output_stride must be one of"),
         ({"layout": "v2"}, "layout must be one of"),
-        ({"attention": "transformer"}, "attention must be one of"),
+        ({"attention": "transformer"}, "attention must be None or one of"),
         ({"small_input": True, "output_stride": 16}, "output_stride applies to the ImageNet stem"),
     ],
 )

@@ -38,7 +38,8 @@ def test_listing_the_zoo_builds_no_model(monkeypatch, capsys):
     assert list(printed) == architectures.names()
     assert printed["resnet18"] == ["resnet", "11,689,512", "1.814", "224x224x3"]
     assert printed["cbam_resnet50"] == ["resnet", "28,089,624", "4.096", "224x224x3"]
-    assert printed["resnet20"] == ["small_image", "334,072", "0.041", "32x32x3"]
+    assert printed["resnet20"] == ["resnet_cifar", "334,072", "0.041", "32x32x3"]
+    assert printed["wrn_16_4"] == ["wide_resnet", "3,003,320", "0.393", "32x32x3"]
 
 
 def test_another_classifier_width_is_measured(capsys):

@@ -51,7 +51,7 @@ def test_models_table_lists_parameters_and_gmacs():
     rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()[2:]}
     assert list(rows) == ["resnet18", "resnet101", "resnet110", "resnet152"]
     assert rows["resnet18"][1:] == ["resnet", "11,689,512", "1.814", "224x224x3"]
-    assert rows["resnet110"][1] == "small_image"
+    assert rows["resnet110"][1] == "resnet_cifar"
 
 
 def parse(*argv: str):
