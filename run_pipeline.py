@@ -4,9 +4,10 @@
     python run_pipeline.py                      the main job: train the default recipe on Fashion-MNIST, export it
     python run_pipeline.py train [flags]        train, evaluate and save a run
     python run_pipeline.py launch --workers N [train flags]   multi-worker training on this machine
+    python run_pipeline.py cluster-config --workers HOST:PORT,... --index N   worker N's TF_CONFIG
     python run_pipeline.py evaluate --run-dir RUN
     python run_pipeline.py predict --run-dir RUN IMAGE_OR_FOLDER...   (or --server URL --model-name NAME)
-    python run_pipeline.py export --run-dir RUN [--formats saved_model,tflite] [--quantize none,int8]
+    python run_pipeline.py export --run-dir RUN [--formats saved_model,tflite,onnx] [--quantize none,int8]
     python run_pipeline.py models [PATTERN]     the zoo: parameters, GMACs, default input
 
 Parsing, validation and one call per subcommand live here; the work lives in `pipeline/`
@@ -64,6 +65,10 @@ def _build_parser() -> argparse.ArgumentParser:
     launch.add_argument("--workers", type=int, required=True, help="number of worker processes")
     _add_train_arguments(launch)
 
+    cluster_config = subcommands.add_parser("cluster-config", help="print one worker's TF_CONFIG (worker 0 is the chief)")
+    cluster_config.add_argument("--workers", required=True, help="every worker's host:port, comma-separated, in order")
+    cluster_config.add_argument("--index", type=int, required=True, help="this worker's position in --workers")
+
     models = subcommands.add_parser("models", help="list the zoo: parameters, GMACs, default input size")
     models.add_argument("pattern", nargs="?", default="*", help="shell wildcard, e.g. 'resnet*' (default: all)")
     models.add_argument(
@@ -91,8 +96,8 @@ def _comma_list(text: str) -> list[str]:
 
 
 def _add_export_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--formats", type=_comma_list, default=["saved_model", "tflite"],
-                        help="comma-separated: saved_model, tflite, onnx (default saved_model,tflite)")
+    parser.add_argument("--formats", type=_comma_list, default=["saved_model", "tflite", "onnx"],
+                        help="comma-separated: saved_model, tflite, onnx (default all three)")
     parser.add_argument("--quantize", type=_comma_list, default=["none", "int8"],
                         help="TFLite variants, comma-separated: none, float16, dynamic, int8 (default none,int8)")
     parser.add_argument("--model-name", help="served model name (default: the run directory's name)")
@@ -146,7 +151,7 @@ def _print_export(run_dir, args: argparse.Namespace) -> None:
 
     report = export_run(
         run_dir,
-        formats=getattr(args, "formats", ["saved_model", "tflite"]),
+        formats=getattr(args, "formats", ["saved_model", "tflite", "onnx"]),
         quantize=getattr(args, "quantize", ["none", "int8"]),
         model_name=getattr(args, "model_name", None),
         version=getattr(args, "version", None),
@@ -180,6 +185,13 @@ def _worker_arguments(args: argparse.Namespace) -> list[str]:
             arguments.append(f"--{name.replace('_', '-')}={getattr(args, name)}")
     arguments += [f"--set={assignment}" for assignment in args.assignments]
     return arguments + [f"--{flag}" for flag in ("resume", "overwrite", "export") if getattr(args, flag)]
+
+
+def _cluster_config(args: argparse.Namespace) -> int:
+    from pipeline.cluster import parse_workers, worker_tf_config
+
+    print(worker_tf_config(parse_workers(args.workers), args.index))
+    return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -217,6 +229,7 @@ def _models(args: argparse.Namespace) -> int:
 COMMANDS = {
     "train": _train,
     "launch": _launch,
+    "cluster-config": _cluster_config,
     "evaluate": _evaluate,
     "predict": _predict,
     "export": _export,

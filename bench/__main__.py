@@ -32,6 +32,7 @@ TABLE_MODULES = {  # table name -> module, in run order (exports uses time_to_ac
     "zoo": "bench.zoo",
     "vs_keras": "bench.vs_keras",
     "pipeline": "bench.input_pipeline",
+    "data_scale": "bench.data_scale",
     "time_to_accuracy": "bench.time_to_accuracy",
     "exports": "bench.exports",
     "gpu": "bench.gpu",

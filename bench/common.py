@@ -61,6 +61,7 @@ def machine() -> dict[str, Any]:
         "usable_cores": len(os.sched_getaffinity(0)),
         "ram_gib": round(memory_kib / 2**20, 1),
         "native_bfloat16": bool({"avx512_bf16", "amx_bf16"} & cpu_flags),
+        "cpu_flags": sorted({"avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16"} & cpu_flags),
         "gpus": gpus,
         "python": platform.python_version(),
         "tensorflow": tf.__version__,

@@ -1,24 +1,22 @@
 """Table 3: images/s of the input pipeline, and whether a training step ever waits for it.
 
-Loaders, each on the same images:
-- ours: `data.load_splits` then `data.epoch_pipelines` (one cached source; per epoch shuffle,
-  batch, float conversion, augmentation, prefetch), as `pipeline/run.py` trains;
+Loaders, each on the same images and with the same caching:
+- ours: `data.load_splits` then `data.epoch_pipelines` (per epoch shuffle, decode, batch, float
+  conversion, augmentation, prefetch), as `pipeline/run.py` trains;
 - `keras.utils.image_dataset_from_directory` (the folder only), with the same augmentation
   function mapped over its batches;
-- bare decoding: `tf.io.decode_jpeg` alone over the files' bytes (already in memory).
-Sources: Fashion-MNIST (IDX files, 28x28x1) and a folder of JPEGs written once from
-Fashion-MNIST (`folder_images` files, upscaled to `folder_file_side` px RGB, quality 90) read at
-each of `folder_sizes`. Our folder source decodes every file with Pillow up front, into memory;
-so "first epoch" is from the start of `load_splits` (decoding train, validation and test) to the
-end of epoch 1, and "steady" is a later epoch (median of `repeats`), which for our folder source
-is in-memory work only. keras's loader decodes from disk every epoch. On the folder, our and
-keras's later epochs alternate (ours, keras, ours, ...) and "steady vs keras" is the median of
-the paired ratios ours / keras.
+- bare decoding: `tf.io.read_file` and `tf.io.decode_jpeg` alone, in parallel, over the files.
+Sources: Fashion-MNIST (IDX files, 28x28x1, in memory) and a folder of JPEGs written once from
+Fashion-MNIST (`folder_images` files, upscaled to `folder_file_side` px RGB, quality 90), read at
+each of `folder_sizes`, two ways: streamed (ours with `data.cache: none`, keras's loader as it
+is: both decode every file every epoch) and cached in memory (ours with `data.cache: memory`,
+keras's dataset with `.cache()`: both decode in the first epoch only). "First epoch" counts
+from the start of loading; "steady" is a later epoch (median of `repeats`). Ours and keras's
+later epochs alternate, and "vs keras" is the median of the paired ratios.
 
 "vs training": the default model (resnet20, Fashion-MNIST 28x28x1, default TrainConfig and
 augmentation) trained through the pipeline's Trainer on in-memory synthetic batches and on our
 real pipeline, epochs alternating; a ratio near 1 means the step never waits for its input.
-The shuffle buffer's fill at an epoch's start falls in the Trainer's untimed first call.
 """
 
 from __future__ import annotations
@@ -40,7 +38,8 @@ logger = logging.getLogger(__name__)
 
 JPEG_QUALITY = 90
 DEFAULT_MODEL = "resnet20"
-OURS, KERAS = "ours (data.train_pipeline)", "keras image_dataset_from_directory"
+OURS, KERAS = "ours (data.epoch_pipelines)", "keras image_dataset_from_directory"
+CACHINGS = {"none": "streamed", "memory": "in memory"}  # data.cache -> how the table says it
 
 
 @dataclass(frozen=True)
@@ -183,10 +182,13 @@ def _later_epochs(make_epoch: EpochMaker) -> Callable[[], float]:
     return rate
 
 
-def _row(source: str, size: Any, loader: str, augmentation: str, first: tuple[float, int], steady: list[float]) -> dict:
+def _row(
+    source: str, size: Any, loader: str, augmentation: str, first: tuple[float, int], steady: list[float], caching: str
+) -> dict:
     first_rate, images = first
     return {
         "source": source,
+        "caching": caching,
         "image_size": size,
         "loader": loader,
         "augmentation": augmentation,
@@ -199,8 +201,7 @@ def _row(source: str, size: Any, loader: str, augmentation: str, first: tuple[fl
 
 
 def _our_epochs(splits: Any, data_config: Any, augment_config: Any, batch_size: int) -> EpochMaker:
-    """Our training input, one pipeline per epoch over one cached source (`data.epoch_pipelines`,
-    what pipeline/run.py trains with)."""
+    """Our training input, one pipeline per epoch (`data.epoch_pipelines`, what pipeline/run.py trains with)."""
     from pipeline import augment, data
 
     num_classes = len(splits.class_names)
@@ -208,12 +209,15 @@ def _our_epochs(splits: Any, data_config: Any, augment_config: Any, batch_size: 
     if augment_config is not None:
         augmenter = augment.build_augmenter(augment_config, image_shape=splits.image_shape, num_classes=num_classes, seed=0)
     make = data.epoch_pipelines(
-        splits.train, data_config, global_batch_size=batch_size, seed=0, augment=augmenter, num_classes=num_classes
-    )
+        splits.splits["train"], data_config, global_batch_size=batch_size, seed=0, augment=augmenter,
+        num_classes=num_classes, in_memory=splits.cache == "memory",
+    )  # fmt: skip
     return lambda epoch: make(epoch, 0, None)
 
 
-def _keras_epochs(folder: Path, size: int, num_classes: int, augment_config: Any, batch_size: int) -> tuple[EpochMaker, float]:
+def _keras_epochs(
+    folder: Path, size: int, num_classes: int, augment_config: Any, batch_size: int, cached: bool
+) -> tuple[EpochMaker, float]:
     """keras's folder loader with the same augmentation mapped over its batches; (epochs, set-up seconds)."""
     import keras
     import tensorflow as tf
@@ -225,11 +229,13 @@ def _keras_epochs(folder: Path, size: int, num_classes: int, augment_config: Any
         folder, label_mode="categorical", color_mode="rgb", batch_size=batch_size, image_size=(size, size),
         shuffle=True, seed=0, verbose=False,
     )  # fmt: skip
+    if cached:  # the decoded batches, kept after the first pass (keras shuffles its file list once)
+        dataset = dataset.cache()
     if augment_config is not None:
         augmenter = augment.build_augmenter(augment_config, image_shape=(size, size, 3), num_classes=num_classes, seed=0)
         dataset = dataset.map(augmenter, num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.prefetch(tf.data.AUTOTUNE)
-    return (lambda epoch: dataset), time.perf_counter() - started  # each pass reshuffles and decodes again
+    return (lambda epoch: dataset), time.perf_counter() - started
 
 
 def _fashion_mnist_rows(splits: Any, data_config: Any, load_seconds: float, augmentations: dict, settings) -> list[dict]:
@@ -239,47 +245,51 @@ def _fashion_mnist_rows(splits: Any, data_config: Any, load_seconds: float, augm
         first = _first_epoch(make_epoch, load_seconds)
         later = _later_epochs(make_epoch)
         steady = [later() for _ in range(settings.repeats)]
-        rows.append(_row("Fashion-MNIST", splits.image_shape[0], OURS, name, first, steady))
+        rows.append(_row("Fashion-MNIST", splits.image_shape[0], OURS, name, first, steady, CACHINGS[splits.cache]))
     return rows
 
 
 def _folder_rows(folder: Path, size: int, augmentations: dict, settings) -> list[dict]:
-    """Ours and keras's loader at one size; their later epochs alternate, for the ratio."""
+    """Ours and keras's loader at one size, streamed and cached; their later epochs alternate, for the ratio."""
     from pipeline import data
     from pipeline.config import DataConfig
 
-    folder_config = DataConfig(dataset=f"folder:{folder}", image_size=size)
-    started = time.perf_counter()
-    splits = data.load_splits(folder_config, seed=0)
-    decode_seconds = time.perf_counter() - started
     rows = []
-    for name, augment_config in augmentations.items():
-        ours = _our_epochs(splits, folder_config, augment_config, settings.batch_size)
-        keras_loader, keras_setup_seconds = _keras_epochs(folder, size, len(splits.class_names), augment_config, settings.batch_size)
-        firsts = {"ours": _first_epoch(ours, decode_seconds), "keras": _first_epoch(keras_loader, keras_setup_seconds)}
-        steady = alternate({"ours": _later_epochs(ours), "keras": _later_epochs(keras_loader)}, settings.repeats)
-        our_row = _row("JPEG folder", size, OURS, name, firsts["ours"], steady["ours"])
-        our_row["steady_vs_keras"] = round(paired_ratio(steady["ours"], steady["keras"]), 3)
-        rows += [our_row, _row("JPEG folder", size, KERAS, name, firsts["keras"], steady["keras"])]
+    for cache, caching in CACHINGS.items():
+        folder_config = DataConfig(dataset=f"folder:{folder}", image_size=size, cache=cache, cache_dir=str(folder.parent / "index"))
+        started = time.perf_counter()
+        splits = data.load_splits(folder_config, seed=0)
+        load_seconds = time.perf_counter() - started
+        for name, augment_config in augmentations.items():
+            ours = _our_epochs(splits, folder_config, augment_config, settings.batch_size)
+            keras_loader, keras_setup_seconds = _keras_epochs(
+                folder, size, len(splits.class_names), augment_config, settings.batch_size, cached=cache == "memory"
+            )
+            firsts = {"ours": _first_epoch(ours, load_seconds), "keras": _first_epoch(keras_loader, keras_setup_seconds)}
+            steady = alternate({"ours": _later_epochs(ours), "keras": _later_epochs(keras_loader)}, settings.repeats)
+            our_row = _row("JPEG folder", size, OURS, name, firsts["ours"], steady["ours"], caching)
+            our_row["steady_vs_keras"] = round(paired_ratio(steady["ours"], steady["keras"]), 3)
+            rows += [our_row, _row("JPEG folder", size, KERAS, name, firsts["keras"], steady["keras"], caching)]
     return rows
 
 
 def _bare_decode_row(folder: Path, settings: PipelineSettings) -> dict:
+    """`tf.io.read_file` and `tf.io.decode_jpeg` over the folder's files, in parallel: the floor of streaming."""
     import tensorflow as tf
 
-    started = time.perf_counter()
-    encoded = [path.read_bytes() for path in sorted(folder.rglob("*.jpg"))]
-    read_seconds = time.perf_counter() - started
+    paths = [str(path) for path in sorted(folder.rglob("*.jpg"))]
 
     def make_epoch(epoch: int) -> Any:
-        files = tf.data.Dataset.from_tensor_slices(encoded)
-        decoded = files.map(lambda data: tf.io.decode_jpeg(data, channels=3), num_parallel_calls=tf.data.AUTOTUNE)
+        files = tf.data.Dataset.from_tensor_slices(paths)
+        decoded = files.map(
+            lambda path: tf.io.decode_jpeg(tf.io.read_file(path), channels=3), num_parallel_calls=tf.data.AUTOTUNE
+        )
         return decoded.batch(settings.batch_size).prefetch(tf.data.AUTOTUNE)
 
-    first = _first_epoch(make_epoch, read_seconds)
+    first = _first_epoch(make_epoch, 0.0)
     later = _later_epochs(make_epoch)
     steady = [later() for _ in range(settings.repeats)]
-    return _row("JPEG folder", f"{settings.folder_file_side} (file)", "tf.io.decode_jpeg only", "-", first, steady)
+    return _row("JPEG folder", f"{settings.folder_file_side} (file)", "tf.io.decode_jpeg only", "-", first, steady, CACHINGS["none"])
 
 
 def _vs_training(splits: Any, data_config: Any, settings: PipelineSettings) -> dict[str, Any]:
@@ -296,8 +306,8 @@ def _vs_training(splits: Any, data_config: Any, settings: PipelineSettings) -> d
     augmenter = augment.build_augmenter(AugmentConfig(), image_shape=splits.image_shape, num_classes=num_classes, seed=0)
 
     real_batches = data.epoch_pipelines(
-        splits.train, data_config, global_batch_size=config.batch_size, seed=0, augment=augmenter,
-        num_classes=num_classes,
+        splits.splits["train"], data_config, global_batch_size=config.batch_size, seed=0, augment=augmenter,
+        num_classes=num_classes, in_memory=splits.cache == "memory",
     )  # fmt: skip
 
     samples = alternate(

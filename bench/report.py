@@ -17,6 +17,7 @@ HEADINGS = {  # results.json table name -> section heading, in document order
     "zoo": "1. Zoo: size and CPU speed of every variant",
     "vs_keras": "2. Ours vs keras.applications",
     "pipeline": "3. Input pipeline",
+    "data_scale": "3b. Image folders at scale: memory, start-up and resume",
     "time_to_accuracy": "4. Time to accuracy on Fashion-MNIST",
     "exports": "5. Exports: size, latency and accuracy",
     "gpu": "6. GPU training throughput",
@@ -61,7 +62,9 @@ def _provenance(table: dict[str, Any]) -> str:
         f"Measured {table.get('measured_at', '?')} in {table.get('seconds', 0):,.0f} s: `{table.get('command', '?')}`  ",
         f"Machine: {machine.get('cpu', '?')}, {machine.get('usable_cores', '?')} usable of "
         f"{machine.get('logical_cores', '?')} logical cores, {machine.get('ram_gib', '?')} GiB RAM, native bfloat16 "
-        f"{'yes' if machine.get('native_bfloat16') else 'no'}; GPUs: {gpus}  ",
+        f"{'yes' if machine.get('native_bfloat16') else 'no'}"
+        + (f" (CPU flags: {', '.join(machine['cpu_flags'])})" if machine.get("cpu_flags") else "")
+        + f"; GPUs: {gpus}  ",
         f"Versions: tensorflow {machine.get('tensorflow', '?')}, keras {machine.get('keras', '?')}, "
         f"numpy {machine.get('numpy', '?')}, Python {machine.get('python', '?')}",
     ]
@@ -162,25 +165,28 @@ def _pipeline(table: dict[str, Any]) -> str:
     method = (
         f"Batch {settings['batch_size']}; steady = median of {settings['repeats']} epochs after the first. Fashion-MNIST: "
         f"{settings['fashion_mnist_train_images']:,} training images from the IDX files. JPEG folder: "
-        f"{settings['folder_images']:,} files, {settings['folder_file_side']} px RGB, written from Fashion-MNIST; our "
-        "folder source decodes every file with Pillow up front into memory (train, validation and test), so its first "
-        "epoch includes that decode and later epochs are in-memory work; keras's loader decodes from disk every epoch. "
-        "Ours is one pipeline per epoch over a source cached once (`data.epoch_pipelines`, as `pipeline/run.py` trains). "
-        "On the folder, ours and keras's later epochs alternate; steady vs keras = median of paired ratios ours / keras. "
-        "Augmentation runs on whole batches inside the tf.data graph (`pipeline/augment.py`), the same function for "
-        "both loaders.\n"
+        f"{settings['folder_images']:,} files, {settings['folder_file_side']} px RGB, written from Fashion-MNIST. Like is "
+        "compared with like: \"streamed\" rows decode every file every epoch (ours with `data.cache: none`, keras's "
+        "loader as it is), \"in memory\" rows decode in the first epoch only (ours with `data.cache: memory`, keras's "
+        "dataset with `.cache()`); first epoch counts from the start of loading (our folder index was built before). "
+        "Ours is one pipeline per epoch (`data.epoch_pipelines`, as `pipeline/run.py` trains). Ours and keras's later "
+        "epochs alternate; vs keras = median of paired ratios ours / keras. The bare row reads and decodes the same "
+        "files in parallel and does nothing else (no resize, no batching work): the floor of streaming. Augmentation "
+        "runs on whole batches inside the tf.data graph (`pipeline/augment.py`), the same function for both loaders.\n"
     )
+    bare = next((row["steady_images_per_second"] for row in table["rows"] if row["loader"] == "tf.io.decode_jpeg only"), None)
     rows = [
         [
-            row["source"], row["image_size"], row["loader"], row["augmentation"], f"{row['images_per_epoch']:,}",
-            _rate(row["first_epoch_images_per_second"]), _rate(row["steady_images_per_second"]) + f" ({row['repeats']})",
-            _ratio(row["steady_vs_keras"]),
+            row["source"], row["image_size"], row.get("caching", ""), row["loader"], row["augmentation"],
+            f"{row['images_per_epoch']:,}", _rate(row["first_epoch_images_per_second"]),
+            _rate(row["steady_images_per_second"]) + f" ({row['repeats']})", _ratio(row["steady_vs_keras"]),
+            _ratio(row["steady_images_per_second"] / bare) if bare and row.get("caching") == "streamed" and row["loader"].startswith("ours") else "",
         ]
         for row in table["rows"]
     ]  # fmt: skip
-    header = ["source", "px", "loader", "augmentation", "images/epoch", "first epoch img/s", "steady img/s (epochs)",
-              "steady vs keras"]  # fmt: skip
-    parts = [method, _markdown_table(header, rows, "lrllrrrr")]
+    header = ["source", "px", "caching", "loader", "augmentation", "images/epoch", "first epoch img/s",
+              "steady img/s (epochs)", "vs keras", "vs bare decode"]  # fmt: skip
+    parts = [method, _markdown_table(header, rows, "lrlllrrrrr")]
     training = table["training"]
     alone = next(
         (row["steady_images_per_second"] for row in table["rows"]
@@ -203,6 +209,39 @@ def _pipeline(table: dict[str, Any]) -> str:
             "rrrrr",
         )
     )
+    return "\n".join(parts)
+
+
+def _data_scale(table: dict[str, Any]) -> str:
+    settings = table["settings"]
+    method = (
+        f"Generated JPEG folders ({settings['file_side']} px, 10 classes) trained as a user would: `run_pipeline.py "
+        f"train` with {settings['arch']} at {settings['image_size']} px, batch {settings['batch_size']}, "
+        f"{settings['steps']} steps (`train.steps_per_epoch`), evaluation capped at {settings['eval_images']} images. "
+        "Each row is one run in its own process; peak RSS is the kernel's (`wait4`). The first run on a folder checks "
+        "every file and writes the index (check rate stated). RSS vs smallest: this run's peak over the same cache "
+        "mode's run on the smallest folder.\n"
+    )
+    rows = [
+        [f"{row['images']:,}", row["cache"], f"{row['peak_rss_mb']:,}", _ratio(row["rss_vs_smallest"]),
+         f"{row['wall_seconds']:.0f}", f"{row['files_checked']:,}", _rate(row["check_files_per_second"]),
+         _rate(row["images_per_second"])]
+        for row in table["rows"]
+    ]  # fmt: skip
+    parts = [method, _markdown_table(
+        ["images", "data.cache", "peak RSS MB", "RSS vs smallest", "wall s", "files checked", "check files/s", "train img/s"],
+        rows, "rlrrrrrr")]  # fmt: skip
+    parts.append(
+        "Ready on an unchanged folder: a fresh process (interpreter start counted, from the kernel's process start) "
+        "loads the index and the cached channel statistics, then takes one training batch; \"resumed\" does the same "
+        f"for an epoch resumed {settings['resume_fraction']:.0%} of the way through, skipping on file paths.\n"
+    )
+    parts.append(_markdown_table(
+        ["images", "index loaded s", "first batch s", "resumed: batches skipped", "resumed: first batch s", "peak RSS MB"],
+        [[f"{row['images']:,}", f"{row['fresh_index_loaded_seconds']:.1f}", f"{row['fresh_first_batch_seconds']:.1f}",
+          f"{row['resumed_skipped_batches']:,}", f"{row['resumed_first_batch_seconds']:.1f}",
+          f"{row['fresh_peak_rss_mb']:,}"] for row in table["ready"]],
+        "rrrrrr"))  # fmt: skip
     return "\n".join(parts)
 
 
@@ -260,19 +299,46 @@ def _exports(table: dict[str, Any]) -> str:
         f"`pipeline.export.export_run` on `{table['run_dir']}`, every artefact run on {table['test_images']:,} test "
         "images and compared with the float32 Keras model; latency: median of batch-1 calls on this CPU "
         "(SavedModel: `serving_default` on PNG bytes, decoding included, TensorFlow's default thread pool; TFLite: LiteRT "
-        "interpreter, XNNPACK); the threads column gives the CPU threads each runtime used for those calls.\n"
+        "interpreter, XNNPACK; ONNX: onnxruntime's CPU provider, uint8 pixels in); the threads column gives the CPU "
+        "threads each runtime used for those calls.\n"
     )
-    rows = [["Keras (float32 reference)", "-", "-", _percent(table["keras_test_accuracy"]), "-", "-", "-", "-"]]
+    parts = [method, _export_rows(table)]
+    rgb = table.get("rgb_int8")
+    if rgb is not None:
+        settings = rgb["settings"]
+        side = settings["image_size"]
+        parts.append(
+            f"(b) Int8 on an RGB model: {rgb['arch']} at {side}x{side}x3, trained {settings['epochs']} epoch(s) on "
+            f"{settings['train_examples']:,} Fashion-MNIST images upscaled to RGB (`{rgb['command']}`), then exported as "
+            f"float32 and full-int8 TFLite (builtin ops only, calibrated on up to {settings['calibration_images']} training "
+            "images); "
+            "measured as above on "
+            f"{settings['eval_examples']:,} test images. The accuracy drop is int8's test accuracy minus float32 TFLite's.\n"
+        )
+        if rgb.get("status") != "measured":
+            parts.append(f"**{rgb.get('status', 'not measured')}**\n")
+        else:
+            by_quantization = {row["quantization"]: row for row in rgb["rows"]}
+            drop = by_quantization["int8"]["test_accuracy"] - by_quantization["none"]["test_accuracy"]
+            parts.append(_export_rows(rgb, dtypes=True))
+            parts.append(f"Int8 accuracy drop: {drop * 100:+.2f} points.\n")
+    return "\n".join(parts)
+
+
+def _export_rows(table: dict[str, Any], dtypes: bool = False) -> str:
+    """The Keras reference and one row per artefact; `dtypes` adds the input and output types."""
+    rows = [["Keras (float32 reference)", "-", "-", _percent(table["keras_test_accuracy"]), "-", "-", "-", "-"] + ["-"] * dtypes]
     rows += [
         [
             row["format"], row["quantization"], _size(row["size_bytes"]), _percent(row["test_accuracy"]),
             _percent(row["top1_agreement"]), f"{row['max_abs_prob_diff']:.1e}", f"{row['batch1_latency_ms']:.2f}",
             str(row.get("latency_threads", "-")),
-        ]
+        ] + ([f"{row['input_dtype']} / {row['output_dtype']}"] if dtypes else [])
         for row in table["rows"]
     ]  # fmt: skip
     header = ["format", "quantization", "size", "test accuracy", "top-1 agreement", "max abs prob diff", "batch-1 ms", "threads"]
-    return method + "\n" + _markdown_table(header, rows, "llrrrrrr")
+    header += ["input / output"] if dtypes else []
+    return _markdown_table(header, rows, "llrrrrrr" + "l" * dtypes)
 
 
 def _gpu(table: dict[str, Any]) -> str:
@@ -296,6 +362,7 @@ RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
     "zoo": _zoo,
     "vs_keras": _vs_keras,
     "pipeline": _pipeline,
+    "data_scale": _data_scale,
     "time_to_accuracy": _time_to_accuracy,
     "exports": _exports,
     "gpu": _gpu,

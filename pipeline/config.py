@@ -23,6 +23,7 @@ from architectures.errors import UserError
 OPTIMIZERS = ("sgd", "adamw")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker")
+CACHE_MODES = ("auto", "memory", "disk", "none")  # data.cache; pipeline/data/cache.py says what each does
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,8 @@ class DataConfig:
     validation_fraction: float = 0.1  # of train, held out when the source has no validation split
     max_train_examples: int | None = None  # cap for quick runs; None: all
     max_eval_examples: int | None = None  # cap on validation and test; None: all
-    cache: bool = True  # keep decoded images in memory after the first epoch
+    cache: str = "auto"  # decoded images between epochs: auto | memory | disk | none (pipeline/data/cache.py)
+    cache_dir: str | None = None  # folder indexes, disk caches; None: $XDG_CACHE_HOME/convnets or ~/.cache/convnets
     shuffle_buffer: int = 20_000  # examples
     deterministic: bool = False  # fixed tf.data order and deterministic TF ops (slower); evaluation always is
 
@@ -64,6 +66,7 @@ class ModelConfig:
 class TrainConfig:
     epochs: int = 8
     batch_size: int = 128  # global batch, all replicas together
+    steps_per_epoch: int | None = None  # cap on an epoch's steps (large datasets, quick trials); None: the whole split
     optimizer: str = "sgd"  # sgd (momentum, Nesterov) | adamw
     learning_rate: float = 0.1  # peak, for the global batch above
     momentum: float = 0.9  # sgd only
@@ -277,7 +280,9 @@ def validate(config: RunConfig) -> None:
         value = getattr(data, key)
         _require(value is None or value >= 1, f"data.{key} must be >= 1, got {value}")
     _require(data.shuffle_buffer >= 1, f"data.shuffle_buffer must be >= 1, got {data.shuffle_buffer}")
+    _require(data.cache in CACHE_MODES, f"data.cache must be one of {', '.join(CACHE_MODES)}; got {data.cache!r}")
     _require(train.epochs >= 1, f"train.epochs must be >= 1, got {train.epochs}")
+    _require(train.steps_per_epoch is None or train.steps_per_epoch >= 1, f"train.steps_per_epoch must be >= 1 or none, got {train.steps_per_epoch}")
     _require(train.batch_size >= 1, f"train.batch_size must be >= 1, got {train.batch_size}")
     _require(train.optimizer in OPTIMIZERS, f"train.optimizer must be one of {', '.join(OPTIMIZERS)}; got {train.optimizer!r}")
     _require(train.learning_rate > 0, f"train.learning_rate must be > 0, got {train.learning_rate}")
@@ -313,26 +318,13 @@ def _validate_dataset(dataset: str) -> None:
 
 
 def _validate_architecture(config: RunConfig) -> None:
-    """The architecture exists, takes these options, and accepts this input size."""
+    """The architecture exists, takes these options, and accepts this input size: the registry's
+    rules and messages, the ones `architectures.build` applies."""
     import architectures
 
-    variant = architectures.info(config.model.arch)
-    unknown = sorted(set(config.model.options) - set(variant.options))
-    _require(
-        not unknown,
-        f"model.options: {variant.name} has no option {unknown[0]!r}; its options are: "
-        f"{', '.join(sorted(variant.options))}" if unknown else "",
-    )
-    _require("small_input" not in config.model.options, "set small_input with model.small_input, not model.options")
-    side = config.data.image_size
-    if side is not None:
-        small_input = use_small_input(config.model, side)
-        smallest = variant.small_input_min_size if small_input else variant.min_size
-        _require(
-            side >= smallest,
-            f"data.image_size {side} is too small for {variant.name} (needs >= {smallest}"
-            f"{'' if small_input else '; set model.small_input: true'})",
-        )
+    side = config.data.image_size  # None: the dataset's own, checked when the model is built
+    small_input = bool(config.model.small_input) if side is None else use_small_input(config.model, side)
+    architectures.check(config.model.arch, config.model.options, image_side=side, small_input=small_input)
 
 
 def use_small_input(model: ModelConfig, image_side: int) -> bool:

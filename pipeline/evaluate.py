@@ -41,6 +41,8 @@ MAX_NAMED_CLASSES = 60  # beyond this, tick labels merge into a bar even on the 
 FIGURE_DPI = 120
 MACRO_AVERAGE_NAME = "macro avg"
 
+MISCLASSIFIED_SHOWN = 36  # images in misclassified.png, most confident mistakes first
+
 
 @dataclass(frozen=True)
 class ClassificationReport:
@@ -235,7 +237,7 @@ def plot_misclassified(
     probabilities: np.ndarray,
     class_names: Sequence[str],
     png_path: PathLike,
-    max_images: int = 36,
+    max_images: int = MISCLASSIFIED_SHOWN,
 ) -> int:
     """A grid of the most confident mistakes first, each titled "true -> predicted (p=0.87)".
 
@@ -251,7 +253,7 @@ def plot_misclassified(
         raise ValueError(
             f"images must be uint8 [N={len(labels)}, H, W, 1 or 3], got {images.dtype} {list(images.shape)}"
         )
-    shown = _most_confident_mistakes(labels, probabilities)[:max_images]
+    shown = most_confident_mistakes(labels, probabilities)[:max_images]
     if len(shown) == 0:
         figure = Figure(figsize=(5, 1.5))
         figure.text(0.5, 0.5, f"No misclassified images among {len(labels)}", ha="center", va="center", fontsize=12)
@@ -356,7 +358,7 @@ def _cross_entropy(labels: np.ndarray, probabilities: np.ndarray) -> float:
     return float(np.mean(np.log(1.0 / label_probabilities)))
 
 
-def _most_confident_mistakes(labels: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+def most_confident_mistakes(labels: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
     """Indices [M] of the misclassified examples, highest normalized predicted probability first
     (ties by index)."""
     predicted = np.argmax(probabilities, axis=1)

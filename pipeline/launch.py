@@ -4,12 +4,12 @@ Starts N `run_pipeline.py train --strategy multi_worker` processes on loopback p
 with its own TF_CONFIG (worker 0 is the chief), streams the chief's output, keeps the other
 workers' output in `<run_dir>.workers/worker-<i>.log`, and stops everything cleanly when one
 worker fails. On a real cluster, start the same `train --strategy multi_worker` command on
-each machine with that machine's TF_CONFIG (README, "Multi-worker training").
+each machine with that machine's TF_CONFIG (`cluster-config` prints it; README, "Slurm and
+Kubernetes").
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from architectures.errors import UserError
+from pipeline.cluster import worker_tf_config
 
 logger = logging.getLogger(__name__)
 
@@ -42,12 +43,6 @@ def free_loopback_ports(count: int) -> list[int]:
             listener.close()
 
 
-def tf_config(ports: list[int], index: int) -> str:
-    return json.dumps(
-        {"cluster": {"worker": [f"localhost:{port}" for port in ports]}, "task": {"type": "worker", "index": index}}
-    )
-
-
 def launch(workers: int, cli_arguments: list[str], run_dir: Path, cli_path: Path) -> int:
     """Run `workers` processes of `cli_path` with `cli_arguments` (a `train` command line) and
     `--strategy multi_worker` to completion; returns the exit code to report."""
@@ -61,8 +56,9 @@ def launch(workers: int, cli_arguments: list[str], run_dir: Path, cli_path: Path
     command = [sys.executable, str(cli_path), *cli_arguments, "--strategy", "multi_worker"]
     processes: list[subprocess.Popen] = []
     log_files = []
+    addresses = [f"localhost:{port}" for port in ports]
     for index in range(workers):
-        environment = {**os.environ, "TF_CONFIG": tf_config(ports, index), "PYTHONUNBUFFERED": "1"}
+        environment = {**os.environ, "TF_CONFIG": worker_tf_config(addresses, index), "PYTHONUNBUFFERED": "1"}
         if index == 0:
             process = subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             threading.Thread(target=_stream, args=(process.stdout,), daemon=True).start()

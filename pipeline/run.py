@@ -25,7 +25,6 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from collections.abc import Sequence
 
 import keras
 import numpy as np
@@ -36,6 +35,16 @@ from pipeline import augment, data, evaluate
 from pipeline.checkpoints import BEST_WEIGHTS, BackupManager, save_best_weights
 from pipeline.config import RunConfig, from_yaml_file, to_dict, to_yaml
 from pipeline.files import write_atomically, write_text_atomically
+from pipeline.image_files import image_files
+from pipeline.saved_runs import (
+    CONFIG_FILE,
+    LABELS_FILE,
+    MODEL_FILE,
+    PREDICTION_BATCH,
+    collect_examples,
+    load_run_model,
+    predict_probabilities,
+)
 from pipeline.strategy import describe as describe_strategy
 from pipeline.strategy import is_chief, make_strategy, strategy_name
 from pipeline.train import (
@@ -50,10 +59,7 @@ from pipeline.train import (
 
 logger = logging.getLogger(__name__)
 
-CONFIG_FILE, METRICS_FILE, MODEL_FILE, LABELS_FILE, HISTORY_FILE = (
-    "config.yaml", "metrics.json", "model.keras", "labels.txt", "history.csv",
-)
-PREDICTION_BATCH = 256  # images per forward pass when collecting test-set probabilities
+METRICS_FILE, HISTORY_FILE = "metrics.json", "history.csv"
 
 
 @dataclass(frozen=True)
@@ -197,13 +203,18 @@ def _prepare(config: RunConfig, strategy, run_dir: Path, work_dir: Path, chief: 
     logger.info("precision: %s%s", precision, " (auto)" if config.train.precision == "auto" else "")
 
     splits = data.load_splits(config.data, config.seed)
-    channel_mean, channel_std = data.channel_statistics(splits.train)
+    channel_mean, channel_std = data.training_statistics(splits, config.data.cache_dir)
     global_batch = config.train.batch_size
     steps_per_epoch = splits.num_examples["train"] // global_batch
     if steps_per_epoch < 1:
         raise UserError(
             f"train.batch_size {global_batch} is larger than the {splits.num_examples['train']} training images"
         )
+    if splits.num_examples["test"] == 0:
+        raise UserError(f"{config.data.dataset} leaves no test images: add a test/ folder or raise data.validation_fraction")
+    if config.train.steps_per_epoch is not None and config.train.steps_per_epoch < steps_per_epoch:
+        logger.info("train.steps_per_epoch: %d of the split's %d steps per epoch", config.train.steps_per_epoch, steps_per_epoch)
+        steps_per_epoch = config.train.steps_per_epoch
     num_classes = len(splits.class_names)
     logger.info(
         "strategy: %s; peak learning rate %g applies to the global batch as set (no automatic scaling)",
@@ -259,10 +270,13 @@ def _fit(training: _Training) -> float:
     backups go where the trainer says one is due, with history.csv beside them.
     """
     config, trainer, work_dir = training.config, training.trainer, training.work_dir
+    splits = training.splits
+    in_memory = splits.cache == "memory"
     train_dataset_fn = data.epoch_pipelines(
-        training.splits.train, config.data, global_batch_size=trainer.global_batch_size, seed=config.seed,
-        augment=training.augmenter, num_classes=trainer.num_classes,
+        splits.splits["train"], config.data, global_batch_size=trainer.global_batch_size, seed=config.seed,
+        augment=training.augmenter, num_classes=trainer.num_classes, in_memory=in_memory,
     )  # fmt: skip
+    validation = data.evaluation_images(splits.splits["validation"], in_memory)  # one object: its cache fills once
     summary_writer = tf.summary.create_file_writer(str(work_dir / "logs"))
 
     def on_epoch_end(record: EpochRecord, is_best: bool) -> None:
@@ -287,7 +301,7 @@ def _fit(training: _Training) -> float:
 
     train_started = time.perf_counter()
     training.state = trainer.fit(
-        state=training.state, train_dataset_fn=train_dataset_fn, validation=training.splits.validation,
+        state=training.state, train_dataset_fn=train_dataset_fn, validation=validation,
         on_backup=on_backup, on_epoch_end=on_epoch_end,
     )  # fmt: skip
     summary_writer.close()
@@ -354,28 +368,24 @@ def weights_fingerprint(model: keras.Model) -> str:
 
 
 def _evaluate_model(model: keras.Model, splits) -> tuple:
-    """Probabilities for every test image (one pass, in order) and the report."""
-    images, labels = _collect(splits.test)
-    probabilities = predict_probabilities(model, images)
-    return evaluate.classification_report(labels, probabilities, splits.class_names), images, probabilities, labels
+    """The report on the test split, and the images, probabilities and labels of its worst mistakes.
 
-
-def _collect(dataset: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
-    images, labels = [], []
-    for image_batch, label_batch in dataset.batch(1024):
-        images.append(image_batch.numpy())
-        labels.append(label_batch.numpy())
-    return np.concatenate(images), np.concatenate(labels).astype(np.int64)
-
-
-def predict_probabilities(model: keras.Model, images: np.ndarray, batch_size: int = PREDICTION_BATCH) -> np.ndarray:
-    """Pixels [N, H, W, C] -> probabilities [N, K], `batch_size` images per forward pass."""
+    Streamed in batches: a large test split is never held in memory; the misclassified images
+    are fetched by a second pass.
+    """
     forward = tf.function(lambda batch: model(batch, training=False))
-    outputs = [
-        forward(tf.convert_to_tensor(images[start : start + batch_size], tf.float32)).numpy()
-        for start in range(0, len(images), batch_size)
-    ]
-    return np.concatenate(outputs)
+    probabilities, labels = [], []
+    for image_batch, label_batch in splits.test.batch(PREDICTION_BATCH):
+        probabilities.append(forward(tf.cast(image_batch, tf.float32)).numpy())
+        labels.append(label_batch.numpy())
+    probabilities, labels = np.concatenate(probabilities), np.concatenate(labels).astype(np.int64)
+    report = evaluate.classification_report(labels, probabilities, splits.class_names)
+    shown = evaluate.most_confident_mistakes(labels, probabilities)[: evaluate.MISCLASSIFIED_SHOWN]
+    wanted = tf.constant(np.isin(np.arange(len(labels)), shown))
+    kept = splits.test.enumerate().filter(lambda position, example: wanted[position]).map(lambda position, example: example[0])
+    images = np.stack(list(kept.as_numpy_iterator())) if len(shown) else np.zeros((0, *splits.image_shape), np.uint8)
+    in_order = np.sort(shown)
+    return report, images, probabilities[in_order], labels[in_order]
 
 
 def _save_model(model: keras.Model, run_dir: Path) -> None:
@@ -392,27 +402,6 @@ def _write_history_csv(path: Path, history: list[EpochRecord]) -> None:
 
 
 # ----------------------------------------------------------------------------- evaluate, predict
-
-
-def load_run_model(path: str | Path) -> tuple[keras.Model, tuple[str, ...], Path | None]:
-    """A run directory's (or a bare .keras file's) model, class names and run directory."""
-    import architectures  # noqa: F401  (registers the zoo's custom layers for deserialisation)
-
-    path = Path(path)
-    run_dir = path if path.is_dir() else None
-    model_path = path / MODEL_FILE if run_dir else path
-    if not model_path.is_file() or model_path.suffix != ".keras":
-        raise UserError(f"no trained model at {path} (expected a run directory with {MODEL_FILE}, or a .keras file)")
-    model = keras.models.load_model(model_path)
-    labels_path = model_path.with_name(LABELS_FILE)
-    num_classes = int(model.output_shape[-1])
-    if labels_path.is_file():
-        class_names = tuple(line for line in labels_path.read_text().splitlines() if line)
-    else:
-        class_names = tuple(str(index) for index in range(num_classes))
-    if len(class_names) != num_classes:
-        raise UserError(f"{labels_path} lists {len(class_names)} classes but the model predicts {num_classes}")
-    return model, class_names, run_dir
 
 
 def evaluate_run(path: str | Path, *, dataset: str | None = None, batch_size: int | None = None) -> str:
@@ -439,7 +428,7 @@ def evaluate_run(path: str | Path, *, dataset: str | None = None, batch_size: in
     splits = data.load_splits(data_config, seed=0)
     if len(splits.class_names) != len(class_names):
         raise UserError(f"{data_config.dataset} has {len(splits.class_names)} classes; the model predicts {len(class_names)}")
-    images, labels = _collect(splits.test)
+    images, labels = collect_examples(splits.test)
     probabilities = predict_probabilities(model, images, batch_size)
     report = evaluate.classification_report(labels, probabilities, class_names)
     destination = (run_dir or Path(path).parent) / "evaluation.json"
@@ -447,29 +436,11 @@ def evaluate_run(path: str | Path, *, dataset: str | None = None, batch_size: in
     return evaluate.format_summary(report) + f"\nwritten to {destination}"
 
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
-
-
-def image_files(image_paths: Sequence[str | Path]) -> list[Path]:
-    """Image files among `image_paths`: files as given, folders searched recursively by suffix."""
-    files: list[Path] = []
-    for item in map(Path, image_paths):
-        if item.is_dir():
-            files += sorted(path for path in item.rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES)
-        elif item.is_file():
-            files.append(item)
-        else:
-            raise UserError(f"no such image file or folder: {item}")
-    if not files:
-        raise UserError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(map(str, image_paths))}")
-    return files
-
-
 def predict_images(path: str | Path, inputs: list[str], *, top_k: int = 3) -> list[tuple[str, list[tuple[str, float]]]]:
     """Top-k (class name, probability) for each readable image among files and folders.
 
-    Files are decoded as training decodes image folders (`data.decode_image_file`: EXIF rotation,
-    one colour mode, the model's square side), and one that cannot be decoded is skipped.
+    Files are checked and decoded as training reads image folders (`data.decode_files`: EXIF
+    rotation, one colour mode, the model's square side), and one that cannot be used is skipped.
     """
     if top_k < 1:
         raise UserError(f"--top-k must be >= 1, got {top_k}")
@@ -478,17 +449,13 @@ def predict_images(path: str | Path, inputs: list[str], *, top_k: int = 3) -> li
     if height != width:
         raise UserError(f"predict needs a model with a square input; this one takes {height}x{width}")
     files = image_files(inputs)
-    pixels, readable = [], []
-    for file in files:
-        decoded = data.decode_image_file(Path(file), height, channels)
-        if isinstance(decoded, str):  # the reason it was skipped
-            logger.warning("skipped %s: %s", file, decoded)
-            continue
-        pixels.append(decoded)
-        readable.append(str(file))
-    if not pixels:
+    pixels, kept, skipped = data.decode_files([Path(file) for file in files], (height, width, channels))
+    for position, reason in skipped.items():
+        logger.warning("skipped %s: %s", files[position], reason)
+    readable = [str(files[position]) for position in kept]
+    if not kept:
         raise UserError(f"none of {len(files)} file(s) could be read as an image")
-    probabilities = predict_probabilities(model, np.stack(pixels).astype(np.float32))
+    probabilities = predict_probabilities(model, pixels.astype(np.float32))
     k = min(top_k, len(class_names))
     results = []
     for file, row in zip(readable, probabilities):

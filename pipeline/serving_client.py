@@ -1,4 +1,4 @@
-"""A TF Serving client for image files: top-k labels from a model exported by `export.py`.
+"""A TF Serving client for image files: top-k labels from a model exported by `pipeline.export`.
 
 The files' encoded bytes go to the server as they are; the SavedModel's `serving_default`
 signature decodes, converts and resizes them itself. Two transports, chosen by the URL:
@@ -10,8 +10,9 @@ signature decodes, converts and resizes them itself. Two transports, chosen by t
     grpc://HOST:8500   gRPC: PredictionService.Predict (tensorflow-serving-api), a string
                        tensor [batch] in, the `labels` and `scores` tensors [batch, k] out
 
-REST needs only the standard library. A server that cannot be reached or answers with an
-error is a `UserError`, in one line.
+REST needs only the standard library; gRPC imports grpc and TensorFlow (for its tensor protos)
+when it is used. A server that cannot be reached or answers with an error is a `UserError`, in
+one line.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from architectures.errors import UserError
-from pipeline.export import IMAGE_BYTES_INPUT, SERVING_SIGNATURE
-from pipeline.run import image_files
+from pipeline.image_files import image_files
+from pipeline.serving_signatures import IMAGE_BYTES_INPUT, SERVING_SIGNATURE
 
 logger = logging.getLogger(__name__)
 

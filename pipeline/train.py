@@ -398,7 +398,9 @@ def evaluate_exactly(
     every replica gets the same number of equal batches and no example is dropped or
     counted twice.
     """
-    count = int(dataset.reduce(0, lambda total, _: total + 1))
+    count = int(dataset.cardinality())
+    if count < 0:  # unknown (a filtered source): count by reading it once
+        count = int(dataset.reduce(0, lambda total, _: total + 1))
     padded_count = math.ceil(count / global_batch_size) * global_batch_size
     weighted = dataset.map(lambda image, label: (tf.cast(image, tf.float32), tf.one_hot(label, num_classes), tf.constant(1.0)))
     if padded_count > count:

@@ -18,6 +18,7 @@ MEASURED_KEYS = {
     "zoo": {"settings", "rows"},
     "vs_keras": {"settings", "rows"},
     "pipeline": {"settings", "rows", "training"},
+    "data_scale": {"settings", "rows", "ready"},
     "time_to_accuracy": {"settings", "rows", "reference"},
     "exports": {"run_dir", "test_images", "keras_test_accuracy", "rows"},
     "gpu": {"settings", "devices", "rows"},
@@ -58,7 +59,7 @@ def test_quick_run_writes_every_section_with_well_formed_tables(quick_output):
     assert "\n## Findings\n" in document
     assert document.count("Quick settings (`--quick`)") == len(HEADINGS)
     tables = markdown_tables(document)
-    assert len(tables) >= 7  # zoo, vs keras, two pipeline tables, accuracy and reference, exports, findings
+    assert len(tables) >= 9  # zoo, vs keras, two pipeline tables, two data-scale tables, accuracy and reference, exports, findings
     for table in tables:
         columns = {line.count("|") for line in table}
         assert len(columns) == 1, table  # every row as wide as its header
@@ -89,8 +90,13 @@ def test_quick_rows_hold_the_measured_figures(quick_output):
     for row in tables["vs_keras"]["rows"]:
         assert row["train_ratio"] > 0 and row["inference_ratio"] > 0
     loaders = {(row["source"], row["loader"]) for row in tables["pipeline"]["rows"]}
-    assert {("Fashion-MNIST", "ours (data.train_pipeline)"), ("JPEG folder", "keras image_dataset_from_directory"),
+    assert {("Fashion-MNIST", "ours (data.epoch_pipelines)"), ("JPEG folder", "keras image_dataset_from_directory"),
             ("JPEG folder", "tf.io.decode_jpeg only")} <= loaders  # fmt: skip
+    assert {row["caching"] for row in tables["pipeline"]["rows"] if row["source"] == "JPEG folder"} == {"streamed", "in memory"}
+    scale = tables["data_scale"]
+    assert [(row["images"], row["cache"]) for row in scale["rows"]] == [(100, "none"), (100, "disk"), (200, "none")]
+    assert scale["rows"][0]["files_checked"] == 100 and all(row["peak_rss_mb"] > 0 for row in scale["rows"])
+    assert scale["ready"][0]["resumed_skipped_batches"] > 0 and scale["ready"][0]["fresh_first_batch_seconds"] > 0
     recipes = {row["recipe"]: row for row in tables["time_to_accuracy"]["rows"]}
     assert list(recipes) == ["default", "best", "keras_convnet"]
     for row in recipes.values():
@@ -104,7 +110,12 @@ def test_quick_rows_hold_the_measured_figures(quick_output):
     seed_1_run = recipes["default"]["runs"][1]
     assert "--seed 1" in seed_1_run["command"] and seed_1_run["run_dir"] != recipes["default"]["run_dir"]
     exports = {(row["format"], row["quantization"]) for row in tables["exports"]["rows"]}
-    assert exports == {("saved_model", "none"), ("tflite", "none"), ("tflite", "float16"), ("tflite", "dynamic"), ("tflite", "int8")}
+    assert exports == {("saved_model", "none"), ("tflite", "none"), ("tflite", "float16"), ("tflite", "dynamic"), ("tflite", "int8"),
+                       ("onnx", "none")}  # fmt: skip
+    rgb = tables["exports"]["rgb_int8"]
+    assert rgb["status"] == "measured" and rgb["arch"] == "mobilenet_v2"
+    int8 = {row["quantization"]: row for row in rgb["rows"]}["int8"]
+    assert (int8["input_dtype"], int8["output_dtype"]) == ("int8", "int8") and 0.0 <= int8["top1_agreement"] <= 1.0
 
 
 @pytest.mark.slow

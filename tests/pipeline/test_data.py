@@ -1,4 +1,4 @@
-"""pipeline/data.py on real data: a TFDS dataset prepared in tmp_path, IDX files and image
+"""pipeline/data on real data: a TFDS dataset prepared in tmp_path, IDX files and image
 folders written here, and Debian's Fashion-MNIST files when installed."""
 
 import gzip
@@ -19,8 +19,10 @@ from pipeline.config import DataConfig
 from pipeline.data import (
     FASHION_MNIST_CLASSES,
     DatasetSource,
-    decode_image_file,
+    Split,
     channel_statistics,
+    decode_files,
+    decode_image_file,
     load_splits,
     parse_dataset,
     train_pipeline,
@@ -38,10 +40,10 @@ def as_arrays(dataset: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(images), np.concatenate(labels)
 
 
-def indexed_dataset(count: int, side: int = 4) -> tf.data.Dataset:
+def indexed_split(count: int, side: int = 4) -> Split:
     """Example i: a (side, side, 1) image filled with i, label i."""
     images = np.arange(count, dtype=np.uint8)[:, None, None, None] * np.ones((1, side, side, 1), np.uint8)
-    return tf.data.Dataset.from_tensor_slices((images, np.arange(count, dtype=np.int64)))
+    return Split(tf.data.Dataset.from_tensor_slices((images, np.arange(count, dtype=np.int64))), count)
 
 
 def epoch_indices(dataset: tf.data.Dataset) -> list[int]:
@@ -437,7 +439,13 @@ def test_bare_directory_loads_as_the_same_image_folder_as_its_folder_form(tmp_pa
 
 # The folder decoder, `decode(path, side, channels) -> uint8 (side, side, channels) | skip reason`.
 # The tests below take it from here, so a replacement decoder runs through the same tests.
-FOLDER_DECODERS = {"pillow": decode_image_file}
+def streamed_decode(path: Path, side: int, channels: int) -> np.ndarray | str:
+    """The folder source's path for one file: Pillow's checks, then the graph's decoder."""
+    pixels, _, skipped = decode_files([path], (side, side, channels))
+    return skipped[0] if skipped else pixels[0]
+
+
+FOLDER_DECODERS = {"pillow": decode_image_file, "streamed": streamed_decode}
 DAMAGED_REASONS = {"not an image", "truncated", "corrupt"}  # what a cut or scrambled file may be called
 DECODE_SIDE = 12  # pixels; the samples are 16x16, so decoding also resizes
 HEADER_BYTES = 64  # cuts before this fall in the headers, and no sample's pixels fit in so few bytes
@@ -562,7 +570,7 @@ def test_folder_with_files_cut_inside_their_headers_skips_and_counts_them(tmp_pa
 
 def test_train_pipeline_batches_float_images_and_one_hot_labels_dropping_the_remainder():
     config = DataConfig(shuffle_buffer=100)
-    dataset = train_pipeline(indexed_dataset(42), config, global_batch_size=8, seed=0, num_classes=42)
+    dataset = train_pipeline(indexed_split(42), config, global_batch_size=8, seed=0, num_classes=42)
     batches = list(dataset)
     assert len(batches) == 5  # 42 // 8: the last 2 examples are dropped
     images, labels = batches[0]
@@ -577,13 +585,13 @@ def test_train_pipeline_batches_float_images_and_one_hot_labels_dropping_the_rem
 
 def test_train_pipeline_reshuffles_each_epoch_and_repeats_with_the_same_seed():
     config = DataConfig(shuffle_buffer=100, deterministic=True)
-    dataset = train_pipeline(indexed_dataset(40), config, global_batch_size=8, seed=7, num_classes=40)
+    dataset = train_pipeline(indexed_split(40), config, global_batch_size=8, seed=7, num_classes=40)
     first_epoch, second_epoch = epoch_indices(dataset), epoch_indices(dataset)
     assert sorted(first_epoch) == sorted(second_epoch) == list(range(40))
     assert first_epoch != second_epoch
-    rebuilt = train_pipeline(indexed_dataset(40), config, global_batch_size=8, seed=7, num_classes=40)
+    rebuilt = train_pipeline(indexed_split(40), config, global_batch_size=8, seed=7, num_classes=40)
     assert epoch_indices(rebuilt) == first_epoch and epoch_indices(rebuilt) == second_epoch
-    other_seed = train_pipeline(indexed_dataset(40), config, global_batch_size=8, seed=8, num_classes=40)
+    other_seed = train_pipeline(indexed_split(40), config, global_batch_size=8, seed=8, num_classes=40)
     assert epoch_indices(other_seed) != first_epoch
 
 
@@ -591,8 +599,8 @@ def test_train_pipeline_applies_augment_to_whole_batches():
     def add_one(images, labels):
         return images + 1.0, labels
 
-    config = DataConfig(shuffle_buffer=100, cache=False)
-    dataset = train_pipeline(indexed_dataset(16), config, global_batch_size=8, seed=0, num_classes=16, augment=add_one)
+    config = DataConfig(shuffle_buffer=100)
+    dataset = train_pipeline(indexed_split(16), config, global_batch_size=8, seed=0, num_classes=16, augment=add_one)
     for images, labels in dataset:
         assert np.array_equal(images.numpy()[:, 0, 0, 0], np.argmax(labels, axis=1) + 1)
 
@@ -605,7 +613,7 @@ def test_train_pipeline_shards_by_input_context_into_disjoint_halves():
             num_input_pipelines=2, input_pipeline_id=pipeline_id, num_replicas_in_sync=2
         )
         dataset = train_pipeline(
-            indexed_dataset(40), config, global_batch_size=8, seed=0, num_classes=40, input_context=context
+            indexed_split(40), config, global_batch_size=8, seed=0, num_classes=40, input_context=context
         )
         assert dataset.options().experimental_distribute.auto_shard_policy == tf.data.experimental.AutoShardPolicy.OFF
         batches = list(dataset)

@@ -316,7 +316,7 @@ def test_mistakes_are_ordered_most_confident_first():
             [0.8, 0.2, 0.0],  # 1 -> 0 with p 0.8
         ]
     )
-    assert evaluate._most_confident_mistakes(labels, probabilities).tolist() == [2, 4, 3, 0]
+    assert evaluate.most_confident_mistakes(labels, probabilities).tolist() == [2, 4, 3, 0]
 
 
 def test_misclassified_grid_with_no_mistakes_says_so(tmp_path):
