@@ -8,11 +8,10 @@ Loaders, each on the same images and with the same caching:
 - bare decoding: `tf.io.read_file` and `tf.io.decode_jpeg` alone, in parallel, over the files.
 Sources: Fashion-MNIST (IDX files, 28x28x1, in memory) and a folder of JPEGs written once from
 Fashion-MNIST (`folder_images` files, upscaled to `folder_file_side` px RGB, quality 90), read at
-each of `folder_sizes`, two ways: streamed (ours with `data.cache: none`, keras's loader as it
-is: both decode every file every epoch) and cached in memory (ours with `data.cache: memory`,
-keras's dataset with `.cache()`: both decode in the first epoch only). "First epoch" counts
-from the start of loading; "steady" is a later epoch (median of `repeats`). Ours and keras's
-later epochs alternate, and "vs keras" is the median of the paired ratios.
+each of `folder_sizes`: streamed (ours with `data.cache: none`, keras's loader as it is: both
+decode every file every epoch), and ours again with `data.cache: memory`. "First epoch" counts
+from the start of loading; "steady" is a later epoch (median of `repeats`). Streamed, ours and
+keras's later epochs alternate, and "vs keras" is the median of the paired ratios.
 
 "vs training": the default model (resnet20, Fashion-MNIST 28x28x1, default TrainConfig and
 augmentation) trained through the pipeline's Trainer on in-memory synthetic batches and on our
@@ -215,9 +214,7 @@ def _our_epochs(splits: Any, data_config: Any, augment_config: Any, batch_size: 
     return lambda epoch: make(epoch, 0, None)
 
 
-def _keras_epochs(
-    folder: Path, size: int, num_classes: int, augment_config: Any, batch_size: int, cached: bool
-) -> tuple[EpochMaker, float]:
+def _keras_epochs(folder: Path, size: int, num_classes: int, augment_config: Any, batch_size: int) -> tuple[EpochMaker, float]:
     """keras's folder loader with the same augmentation mapped over its batches; (epochs, set-up seconds)."""
     import keras
     import tensorflow as tf
@@ -229,13 +226,11 @@ def _keras_epochs(
         folder, label_mode="categorical", color_mode="rgb", batch_size=batch_size, image_size=(size, size),
         shuffle=True, seed=0, verbose=False,
     )  # fmt: skip
-    if cached:  # the decoded batches, kept after the first pass (keras shuffles its file list once)
-        dataset = dataset.cache()
     if augment_config is not None:
         augmenter = augment.build_augmenter(augment_config, image_shape=(size, size, 3), num_classes=num_classes, seed=0)
         dataset = dataset.map(augmenter, num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.prefetch(tf.data.AUTOTUNE)
-    return (lambda epoch: dataset), time.perf_counter() - started
+    return (lambda epoch: dataset), time.perf_counter() - started  # each pass reshuffles and decodes again
 
 
 def _fashion_mnist_rows(splits: Any, data_config: Any, load_seconds: float, augmentations: dict, settings) -> list[dict]:
@@ -250,7 +245,12 @@ def _fashion_mnist_rows(splits: Any, data_config: Any, load_seconds: float, augm
 
 
 def _folder_rows(folder: Path, size: int, augmentations: dict, settings) -> list[dict]:
-    """Ours and keras's loader at one size, streamed and cached; their later epochs alternate, for the ratio."""
+    """Ours and keras's loader at one size, both streamed; ours again with the images in memory.
+
+    Streamed, both decode every file every epoch: like with like, their later epochs alternate,
+    for the ratio. Keras's loader has no in-memory mode of the same work (`.cache()` on its
+    batches would freeze the first epoch's batches and order), so ours in memory stands alone.
+    """
     from pipeline import data
     from pipeline.config import DataConfig
 
@@ -262,9 +262,12 @@ def _folder_rows(folder: Path, size: int, augmentations: dict, settings) -> list
         load_seconds = time.perf_counter() - started
         for name, augment_config in augmentations.items():
             ours = _our_epochs(splits, folder_config, augment_config, settings.batch_size)
-            keras_loader, keras_setup_seconds = _keras_epochs(
-                folder, size, len(splits.class_names), augment_config, settings.batch_size, cached=cache == "memory"
-            )
+            if cache != "none":
+                first = _first_epoch(ours, load_seconds)
+                later = _later_epochs(ours)
+                rows.append(_row("JPEG folder", size, OURS, name, first, [later() for _ in range(settings.repeats)], caching))
+                continue
+            keras_loader, keras_setup_seconds = _keras_epochs(folder, size, len(splits.class_names), augment_config, settings.batch_size)
             firsts = {"ours": _first_epoch(ours, load_seconds), "keras": _first_epoch(keras_loader, keras_setup_seconds)}
             steady = alternate({"ours": _later_epochs(ours), "keras": _later_epochs(keras_loader)}, settings.repeats)
             our_row = _row("JPEG folder", size, OURS, name, firsts["ours"], steady["ours"], caching)

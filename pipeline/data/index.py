@@ -59,7 +59,7 @@ class FolderIndex:
         """Where the decoder reads `relative` from: the file itself or its converted copy."""
         if self.entries[relative].status == CONVERTED:
             return str(self.directory / "converted" / converted_name(relative))
-        return str(self.root / relative)
+        return f"{self.root}/{relative}"
 
 
 def default_cache_dir() -> Path:
@@ -114,16 +114,24 @@ def _read_index(path: Path) -> dict[str, IndexEntry]:
 
 
 def _stat_all(root: Path, relative_paths: list[str]) -> list[tuple[int, int] | None]:
-    def stat(relative: str) -> tuple[int, int] | None:
-        try:
-            result = os.stat(root / relative)
-        except OSError:
-            return None
-        return result.st_size, result.st_mtime_ns
+    prefix = f"{root}/"
 
-    # Threads: on a network file system each stat is a round trip.
-    with concurrent.futures.ThreadPoolExecutor(16) as executor:
-        return list(executor.map(stat, relative_paths, chunksize=256))
+    def stat_chunk(chunk: list[str]) -> list[tuple[int, int] | None]:
+        stats = []
+        for relative in chunk:
+            try:
+                result = os.stat(prefix + relative)
+            except OSError:
+                stats.append(None)
+                continue
+            stats.append((result.st_size, result.st_mtime_ns))
+        return stats
+
+    # Threads over chunks: on a network file system each stat is a round trip, and one future
+    # per file cost more than the stats themselves (4 s of futures for 100,000 local files).
+    chunks = [relative_paths[start : start + 2048] for start in range(0, len(relative_paths), 2048)]
+    with concurrent.futures.ThreadPoolExecutor(8) as executor:
+        return [stat for chunk in executor.map(stat_chunk, chunks) for stat in chunk]
 
 
 def _check_files(root: Path, directory: Path, files: list[tuple[str, tuple[int, int]]]) -> dict[str, IndexEntry]:

@@ -110,8 +110,10 @@ def train_pipeline(
     if split.records_for_worker is not None and input_context is not None and input_context.num_input_pipelines > 1:
         # Workers reading whole files get unequal shares; each still runs every step of the epoch.
         dataset = dataset.repeat()
-    # Batch uint8 first: the float conversion then runs once per batch, vectorized.
-    dataset = dataset.batch(batch_size, drop_remainder=True, num_parallel_calls=tf.data.AUTOTUNE)
+    # Batch uint8 first: the float conversion then runs once per batch, vectorized. Batching
+    # stays sequential: parallel batching took threads from the decoding map (13% fewer images/s
+    # streaming 256 -> 224 px JPEGs on 2 cores).
+    dataset = dataset.batch(batch_size, drop_remainder=True)
     dataset = dataset.map(_model_inputs(num_classes), num_parallel_calls=tf.data.AUTOTUNE)
     if augment is not None:
         dataset = dataset.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
@@ -128,9 +130,12 @@ def channel_statistics(dataset: tf.data.Dataset, max_examples: int = 10_000) -> 
     """Per-channel mean and standard deviation, in 0..255 units, of the first `max_examples` images."""
     totals = squares = None
     pixel_count = 0
-    for images, _ in dataset.take(max_examples).batch(1024):
-        pixels = images.numpy().reshape(-1, images.shape[-1]).astype(np.float64)
-        batch_totals, batch_squares = pixels.sum(axis=0), np.square(pixels).sum(axis=0)
+    # Small batches, summed from uint8: 1,024 images at 224 px made a 1.2 GB float64 copy, the
+    # largest allocation of a run on a streamed folder.
+    for images, _ in dataset.take(max_examples).batch(64):
+        pixels = images.numpy().reshape(-1, images.shape[-1])
+        batch_totals = pixels.sum(axis=0, dtype=np.float64)
+        batch_squares = np.square(pixels, dtype=np.float32).sum(axis=0, dtype=np.float64)  # 255^2 is exact in float32
         totals = batch_totals if totals is None else totals + batch_totals
         squares = batch_squares if squares is None else squares + batch_squares
         pixel_count += pixels.shape[0]
