@@ -24,7 +24,7 @@ from pipeline.data import cache
 from pipeline.data.decode import decode_files, decode_image, decode_image_file, probe_image_file
 from pipeline.data.folder import load_folder
 from pipeline.data.idx import load_idx
-from pipeline.data.index import default_cache_dir
+from pipeline.data.index import cache_root
 from pipeline.data.pipelines import channel_statistics, epoch_pipelines, evaluation_images, train_pipeline
 from pipeline.data.sources import BUILTIN_DATASETS, FASHION_MNIST_CLASSES, DatasetSource, load_builtin, parse_dataset
 from pipeline.data.splits import SPLITS, DatasetSplits, Split, array_split
@@ -71,7 +71,7 @@ def training_statistics(splits: DatasetSplits, cache_dir: str | None, max_exampl
     train = splits.splits["train"]
     if not train.small_records or train.fingerprint is None:  # in memory already: computing is cheap
         return channel_statistics(splits.train, max_examples)
-    directory = (Path(cache_dir).expanduser() if cache_dir else default_cache_dir()) / "statistics"
+    directory = cache_root(cache_dir) / "statistics"
     directory.mkdir(parents=True, exist_ok=True)
     key = hashlib.sha256(f"{train.fingerprint} {max_examples}".encode()).hexdigest()[:24]
     path = directory / f"{key}.json"

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from pipeline.data.index import default_cache_dir
+from pipeline.data.index import cache_root
 from pipeline.data.splits import DatasetSplits, Split
 from pipeline.files import exclusive_lock, write_atomically
 
@@ -50,7 +50,7 @@ def choose(mode: str, splits: DatasetSplits, memory_bytes: int | None = None) ->
 def apply(splits: DatasetSplits, mode: str, reason: str, cache_dir: str | None) -> DatasetSplits:
     """`splits` with the chosen mode recorded; for "disk", each split reads from its decoded file."""
     if mode == "disk":
-        directory = (Path(cache_dir).expanduser() if cache_dir else default_cache_dir()) / "decoded"
+        directory = cache_root(cache_dir) / "decoded"
         splits = dataclasses.replace(
             splits, splits={role: disk_split(split, splits.image_shape, directory) for role, split in splits.splits.items()}
         )

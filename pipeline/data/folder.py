@@ -21,11 +21,10 @@ from architectures.errors import UserError
 from pipeline.config import DataConfig
 from pipeline.data.decode import decode_image
 from pipeline.data.index import CONVERTED, USABLE, FolderIndex, load_index
-from pipeline.data.splits import SPLITS, DatasetSplits, Split, capped, holdout_size
+from pipeline.data.splits import DEFAULT_SIDE, SPLITS, DatasetSplits, Split, capped, holdout_size
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_SIDE = 224  # pixels, when data.image_size is unset
 DEFAULT_CHANNELS = 3
 FOLDER_SPLIT_NAMES = {"train": "train", "val": "validation", "validation": "validation", "test": "test"}
 # When set, every worker appends the path of each file it reads to `<dir>/reads-<pid>.txt`:

@@ -62,14 +62,17 @@ class FolderIndex:
         return f"{self.root}/{relative}"
 
 
-def default_cache_dir() -> Path:
+def cache_root(cache_dir: str | None) -> Path:
+    """`data.cache_dir`, or $XDG_CACHE_HOME/convnets (default ~/.cache/convnets) when it is unset."""
+    if cache_dir:
+        return Path(cache_dir).expanduser()
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "convnets"
 
 
 def folder_cache_dir(root: Path, cache_dir: str | None) -> Path:
     """One directory per image folder (by its absolute path) under the cache directory."""
     key = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]
-    return (Path(cache_dir).expanduser() if cache_dir else default_cache_dir()) / "folders" / f"{root.name}-{key}"
+    return cache_root(cache_dir) / "folders" / f"{root.name}-{key}"
 
 
 def converted_name(relative: str) -> str:
