@@ -17,6 +17,7 @@ and `architectures/`. A `UserError` (bad input) prints one line to stderr and ex
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 import time
@@ -25,6 +26,7 @@ from pipeline.quiet_start import import_tensorflow_quietly
 
 
 EXIT_USER_ERROR = 2
+MAIN_JOB_BUDGET = "10m"  # the README's promise for the main job, on any machine of ours
 
 
 class _ArgumentParser(argparse.ArgumentParser):
@@ -48,6 +50,8 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--run-dir", required=True, help="a run directory (or a .keras model file)")
     evaluate.add_argument("--dataset", help="evaluate on this dataset instead of the run's own")
     evaluate.add_argument("--batch-size", type=int, help="images per forward pass (default 256)")
+    evaluate.add_argument("--test-time-flip", action="store_true",
+                          help="also report accuracy averaged with each image's mirror (reported separately)")
 
     predict = subcommands.add_parser("predict", help="top-k labels for image files or folders")
     predict.add_argument("images", nargs="+", help="image files or folders of images")
@@ -81,7 +85,8 @@ def _build_parser() -> argparse.ArgumentParser:
 TRAIN_FLAGS = {
     "arch": ("model.arch", str, "architecture name (see 'models')"),
     "dataset": ("data.dataset", str, "fashion_mnist, mnist, tfds:NAME, folder:PATH, idx:DIR or an image folder's path"),
-    "epochs": ("train.epochs", int, "training epochs"),
+    "epochs": ("train.epochs", int, "training epochs (wins over a time budget)"),
+    "time_budget": ("train.time_budget", str, "wall time for the whole job, e.g. 10m: the epochs are planned to fit"),
     "batch_size": ("train.batch_size", int, "global batch size, all replicas together"),
     "image_size": ("data.image_size", int, "square input side in pixels"),
     "strategy": ("distribute.strategy", str, "auto, default, one_device, mirrored or multi_worker"),
@@ -123,6 +128,11 @@ def _resolved_config(args: argparse.Namespace):
 
     overrides = {dotted: getattr(args, name, None) for name, (dotted, _, _) in TRAIN_FLAGS.items()}
     config = load_config(args.config, overrides, args.assignments)
+    if args.epochs is not None and config.train.time_budget is not None:
+        logging.getLogger("run_pipeline").info(
+            "--epochs %d wins over train.time_budget %s: training runs %d epochs", args.epochs, config.train.time_budget, args.epochs
+        )
+        config = dataclasses.replace(config, train=dataclasses.replace(config.train, time_budget=None))
     validate(config)
     return config
 
@@ -134,7 +144,7 @@ def _train(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     config = _resolved_config(args)
     try:
-        summary = train_run(config, resume=args.resume, overwrite=args.overwrite)
+        summary = train_run(config, resume=args.resume, overwrite=args.overwrite, exporting=args.export)
     except TrainingStopped as stopped:
         print(f"stopped: {stopped}", file=sys.stderr)
         return stopped.exit_code
@@ -143,6 +153,10 @@ def _train(args: argparse.Namespace) -> int:
     if args.export and not summary.already_completed and summary.is_chief:
         _print_export(summary.run_dir, args)
         print(f"total wall time {time.perf_counter() - started:.0f} s (data, training, evaluation, export)")
+    if config.train.time_budget is not None and summary.is_chief and not summary.already_completed:
+        from pipeline.budget import job_seconds, parse_duration
+
+        print(f"time budget: the job took {job_seconds():.0f} s of its {parse_duration(config.train.time_budget):.0f} s")
     return 0
 
 
@@ -197,7 +211,7 @@ def _cluster_config(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from pipeline.run import evaluate_run
 
-    print(evaluate_run(args.run_dir, dataset=args.dataset, batch_size=args.batch_size))
+    print(evaluate_run(args.run_dir, dataset=args.dataset, batch_size=args.batch_size, test_time_flip=args.test_time_flip))
     return 0
 
 
@@ -243,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--verbose")):
-        argv = ["train", "--export", *argv]  # the main job: train the default recipe, then export it
+        argv = ["train", "--export", "--time-budget", MAIN_JOB_BUDGET, *argv]  # the main job: train the default recipe, then export it
     try:
         args = _build_parser().parse_args(argv)
         logging.basicConfig(

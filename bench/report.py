@@ -285,6 +285,7 @@ def _time_to_accuracy(table: dict[str, Any]) -> str:
             points = ", ".join(f"{point['seconds']:,.0f} s {point['val_accuracy']:.1%}" for point in row["curve"])
             curves.append(f"- {row['title']}: {points}")
     header = ["recipe", "command (seed 0)", "median run", "test accuracy", "wall s", "training s", "other s", "epochs", "goal met", "runs"]
+    budget_check = _budget_check(table.get("budget_check"))
     reference = table["reference"]
     reference_rows = [[model, preprocessing, f"{accuracy:.3f}"] for model, preprocessing, accuracy in reference["rows"]]
     return "\n".join([
@@ -292,9 +293,26 @@ def _time_to_accuracy(table: dict[str, Any]) -> str:
         _markdown_table(header, rows, "lllrrrrrll"),
         "Validation accuracy by epoch (training clock):\n",
         "\n".join(curves) + "\n",
+        *budget_check,
         f"Published results for comparison (source: {reference['source']}):\n",
         _markdown_table(["model", "preprocessing / augmentation", "test accuracy"], reference_rows, "llr"),
     ])  # fmt: skip
+
+
+def _budget_check(check: dict[str, Any] | None) -> list[str]:
+    """A line on the budgeted run against the clock (tables measured before the budget have none)."""
+    if check is None:
+        return []
+    if check["returncode"] != 0:
+        return [f"Budget check (`{check['command']}`): exit {check['returncode']} (log `{check['log']}`).\n"]
+    plan = check["plan"]
+    return [
+        f"Budget check, one run (`{check['command']}`, {check['cores']} cores): wall time {check['wall_seconds']:.1f} s "
+        f"for a budget of {plan['budget_seconds']:.0f} s; the plan, made after {plan['planned_at']:.1f} s, chose "
+        f"{plan['epochs']} epoch(s) of {plan['steps_per_epoch']} steps at {plan['seconds_per_step'] * 1000:.1f} ms/step and "
+        f"expected the end at {plan['planned_at'] + plan['epochs'] * (plan['steps_per_epoch'] * plan['seconds_per_step'] + plan['seconds_per_validation']) + plan['finish_seconds']:.1f} s; "
+        f"test accuracy {_percent(check['test_accuracy'])}.\n"
+    ]
 
 
 def _exports(table: dict[str, Any]) -> str:

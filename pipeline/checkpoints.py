@@ -1,9 +1,9 @@
 """Backups for resume, and the best checkpoint.
 
 A backup is a `tf.train.Checkpoint` of the model, the optimizer (its step counter drives the
-learning-rate schedule; its slots hold momentum and the EMA), the loop position and the epoch
-history (as a JSON string variable, so it is saved in the same atomic step). `tf.train.CheckpointManager` writes the data files first and the `checkpoint`
-index last, atomically, so a kill during a backup leaves the index on the previous complete
+learning-rate schedule; its slots hold momentum and the EMA), the loop position, the epoch
+history and a time budget's plan (JSON string variables, so they are saved in the same atomic
+step). `tf.train.CheckpointManager` writes the data files first and the `checkpoint` index last, atomically, so a kill during a backup leaves the index on the previous complete
 backup: that is the one a restart loads.
 
 Only the chief's backups are kept. In multi-worker runs every worker must take part in saving
@@ -23,6 +23,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
+from pipeline.budget import Plan
 from pipeline.files import write_atomically
 from pipeline.train import EpochRecord, LoopState
 
@@ -40,12 +41,14 @@ class BackupManager:
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="backup_epoch")
         self.step_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="backup_step_in_epoch")
         self.history_json = tf.Variable("[]", dtype=tf.string, trainable=False, name="backup_history")
+        self.plan_json = tf.Variable("", dtype=tf.string, trainable=False, name="backup_time_budget_plan")
         self.checkpoint = tf.train.Checkpoint(
             model=model,
             optimizer=optimizer,
             epoch=self.epoch,
             step_in_epoch=self.step_in_epoch,
             history_json=self.history_json,
+            plan_json=self.plan_json,
         )
         self.directory = self.run_dir / BACKUP_DIR
         self.manager = tf.train.CheckpointManager(self.checkpoint, str(self.directory), max_to_keep=2)
@@ -54,6 +57,7 @@ class BackupManager:
         self.epoch.assign(state.epoch)
         self.step_in_epoch.assign(state.step_in_epoch)
         self.history_json.assign(json.dumps([asdict(record) for record in state.history]))
+        self.plan_json.assign(state.plan.to_json() if state.plan else "")
         if self.chief:
             path = self.manager.save()
             logger.debug("backup %s (epoch %d, step %d)", path, state.epoch + 1, state.step_in_epoch)
@@ -71,7 +75,12 @@ class BackupManager:
             return None
         self.checkpoint.restore(latest).expect_partial()
         history = [EpochRecord(**row) for row in json.loads(self.history_json.numpy().decode())]
-        state = LoopState(epoch=int(self.epoch.numpy()), step_in_epoch=int(self.step_in_epoch.numpy()), history=history)
+        state = LoopState(
+            epoch=int(self.epoch.numpy()),
+            step_in_epoch=int(self.step_in_epoch.numpy()),
+            history=history,
+            plan=Plan.from_json(self.plan_json.numpy().decode()),
+        )
         logger.info(
             "resumed from backup %s: epoch %d, step %d (%d epochs done)",
             latest, state.epoch + 1, state.step_in_epoch, len(history),

@@ -19,8 +19,10 @@ from typing import Any
 import yaml
 
 from architectures.errors import UserError
+from pipeline.budget import parse_duration
 
 OPTIMIZERS = ("sgd", "adamw")
+LR_DECAYS = ("cosine", "linear")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker")
 CACHE_MODES = ("auto", "memory", "disk", "none")  # data.cache; pipeline/data/cache.py says what each does
@@ -52,6 +54,7 @@ class AugmentConfig:
     mixup_alpha: float = 0.0  # 0: off
     cutmix_alpha: float = 0.0  # 0: off
     random_erasing: float = 0.0  # probability per image; 0: off
+    test_time_flip: bool = False  # also report test accuracy on probabilities averaged with the mirrored image's; exports stay single-pass
 
 
 @dataclass(frozen=True)
@@ -64,14 +67,16 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 8
+    epochs: int = 8  # ignored under time_budget, whose plan sets the epochs
+    time_budget: str | None = None  # wall time for the whole job, e.g. 90s, 10m, 2h (pipeline/budget.py); None: train.epochs
     batch_size: int = 128  # global batch, all replicas together
     steps_per_epoch: int | None = None  # cap on an epoch's steps (large datasets, quick trials); None: the whole split
     optimizer: str = "sgd"  # sgd (momentum, Nesterov) | adamw
     learning_rate: float = 0.1  # peak, for the global batch above
     momentum: float = 0.9  # sgd only
     weight_decay: float = 5e-4  # decoupled, on kernels only (not biases, norms, scales)
-    warmup_epochs: float = 0.5  # linear warmup, then cosine decay to zero
+    warmup_epochs: float = 0.5  # linear warmup, then decay to zero
+    lr_decay: str = "cosine"  # cosine | linear (to zero at the last step)
     label_smoothing: float = 0.1
     gradient_clip_norm: float | None = None  # global norm; None: no clipping
     ema_decay: float | None = None  # e.g. 0.999: evaluate and export an EMA of the weights
@@ -289,6 +294,9 @@ def validate(config: RunConfig) -> None:
     _require(0.0 <= train.momentum < 1.0, f"train.momentum must be in [0, 1), got {train.momentum}")
     _require(train.weight_decay >= 0, f"train.weight_decay must be >= 0, got {train.weight_decay}")
     _require(0 <= train.warmup_epochs < train.epochs, f"train.warmup_epochs must be in [0, epochs={train.epochs}), got {train.warmup_epochs}")
+    _require(train.lr_decay in LR_DECAYS, f"train.lr_decay must be one of {', '.join(LR_DECAYS)}; got {train.lr_decay!r}")
+    if train.time_budget is not None:
+        parse_duration(train.time_budget)
     _require(0.0 <= train.label_smoothing < 1.0, f"train.label_smoothing must be in [0, 1), got {train.label_smoothing}")
     _require(train.gradient_clip_norm is None or train.gradient_clip_norm > 0, f"train.gradient_clip_norm must be > 0 or none, got {train.gradient_clip_norm}")
     _require(train.ema_decay is None or 0.0 < train.ema_decay < 1.0, f"train.ema_decay must be in (0, 1) or none, got {train.ema_decay}")

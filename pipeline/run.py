@@ -32,6 +32,7 @@ import tensorflow as tf
 
 from architectures.errors import UserError
 from pipeline import augment, data, evaluate
+from pipeline.budget import parse_duration
 from pipeline.checkpoints import BEST_WEIGHTS, BackupManager, save_best_weights
 from pipeline.config import RunConfig, from_yaml_file, to_dict, to_yaml
 from pipeline.files import write_atomically, write_text_atomically
@@ -51,6 +52,7 @@ from pipeline.train import (
     EpochRecord,
     LoopState,
     Trainer,
+    TrainingBudget,
     build_training_model,
     make_optimizer,
     progress_wanted,
@@ -89,8 +91,11 @@ class RunSummary:
 # ----------------------------------------------------------------------------- train
 
 
-def train_run(config: RunConfig, *, resume: bool = False, overwrite: bool = False) -> RunSummary:
-    """Train, evaluate and save one run; resumes an interrupted run in the same directory."""
+def train_run(config: RunConfig, *, resume: bool = False, overwrite: bool = False, exporting: bool = False) -> RunSummary:
+    """Train, evaluate and save one run; resumes an interrupted run in the same directory.
+
+    `exporting`: an export follows in the same job, so a time budget keeps time for it.
+    """
     started = time.perf_counter()
     strategy = make_strategy(config.distribute.strategy, config.distribute.cpu_replicas)
     chief = is_chief(strategy)
@@ -105,8 +110,13 @@ def train_run(config: RunConfig, *, resume: bool = False, overwrite: bool = Fals
     if completed is not None:
         return completed
     work_dir = run_dir if chief else Path(tempfile.mkdtemp(prefix="convnets-worker-"))
+    fresh = not (run_dir / CONFIG_FILE).exists()
     try:
-        return _train_in(config, strategy, run_dir, work_dir, chief, started)
+        return _train_in(config, strategy, run_dir, work_dir, chief, started, exporting)
+    except UserError:
+        if fresh and chief:  # e.g. a time budget too small: no half-made run directory is left
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     finally:
         if not chief:
             shutil.rmtree(work_dir, ignore_errors=True)
@@ -187,13 +197,15 @@ class _Training:
     state: LoopState
 
 
-def _train_in(config: RunConfig, strategy, run_dir: Path, work_dir: Path, chief: bool, started: float) -> RunSummary:
-    training = _prepare(config, strategy, run_dir, work_dir, chief)
+def _train_in(
+    config: RunConfig, strategy, run_dir: Path, work_dir: Path, chief: bool, started: float, exporting: bool
+) -> RunSummary:
+    training = _prepare(config, strategy, run_dir, work_dir, chief, exporting)
     train_seconds = _fit(training)
     return _finish(training, train_seconds, started)
 
 
-def _prepare(config: RunConfig, strategy, run_dir: Path, work_dir: Path, chief: bool) -> _Training:
+def _prepare(config: RunConfig, strategy, run_dir: Path, work_dir: Path, chief: bool, exporting: bool) -> _Training:
     """Seeds and precision, the data, the model and optimizer, the backup to resume from."""
     keras.utils.set_random_seed(config.seed)
     if config.data.deterministic:
@@ -239,10 +251,11 @@ def _prepare(config: RunConfig, strategy, run_dir: Path, work_dir: Path, chief: 
     # Outside the scope: the loop position and history are plain host variables (a string
     # cannot be a collective-broadcast variable under MultiWorkerMirroredStrategy).
     backups = BackupManager(run_dir, model, optimizer, chief=chief)
+    budget = _training_budget(config, splits, chief, exporting)
     logger.info(
-        "model: %s, %s trainable parameters, %d steps/epoch x %d epochs",
-        config.model.arch, f"{sum(int(np.prod(w.shape)) for w in model.trainable_weights):,}",
-        steps_per_epoch, config.train.epochs,
+        "model: %s, %s trainable parameters, %d steps/epoch x %s",
+        config.model.arch, f"{sum(int(np.prod(w.shape)) for w in model.trainable_weights):,}", steps_per_epoch,
+        f"the epochs a time budget of {budget.seconds:.0f} s allows" if budget else f"{config.train.epochs} epochs",
     )
     if chief:
         work_dir.mkdir(parents=True, exist_ok=True)
@@ -256,11 +269,28 @@ def _prepare(config: RunConfig, strategy, run_dir: Path, work_dir: Path, chief: 
         steps_per_epoch=steps_per_epoch,
         global_batch_size=global_batch,
         show_progress=chief and progress_wanted(),
+        budget=budget,
     )
     return _Training(
         config, strategy, run_dir, work_dir, chief, precision, splits, augmenter, model, optimizer, backups, trainer,
         state=backups.restore() or LoopState(),
     )  # fmt: skip
+
+
+def _training_budget(config: RunConfig, splits, chief: bool, exporting: bool) -> TrainingBudget | None:
+    if config.train.time_budget is None:
+        return None
+    validation_images = splits.num_examples["validation"]
+    probe_images = min(validation_images, 4 * config.train.batch_size)  # a few batches: about a second
+    return TrainingBudget(
+        seconds=parse_duration(config.train.time_budget),
+        validation_probe=data.evaluation_images(splits.splits["validation"], in_memory=False).take(probe_images),
+        validation_probe_images=probe_images,
+        validation_images=validation_images,
+        test_images=splits.num_examples["test"],
+        exporting=exporting,
+        chief=chief,
+    )
 
 
 def _fit(training: _Training) -> float:
@@ -282,7 +312,7 @@ def _fit(training: _Training) -> float:
     def on_epoch_end(record: EpochRecord, is_best: bool) -> None:
         logger.info(
             "epoch %d/%d: loss %.4f acc %.4f | val_loss %.4f val_acc %.4f | lr %.4g | %.0f s, %.0f img/s%s",
-            record.epoch, config.train.epochs, record.loss, record.accuracy, record.val_loss,
+            record.epoch, trainer.epochs, record.loss, record.accuracy, record.val_loss,
             record.val_accuracy, record.learning_rate, record.seconds, record.images_per_second,
             " (best)" if is_best else "",
         )  # fmt: skip
@@ -337,7 +367,13 @@ def _finish(training: _Training, train_seconds: float, started: float) -> RunSum
         "strategy": strategy_name(strategy),
         "best_val_accuracy": max((r.val_accuracy for r in history), default=None),
     }
-    report, test_images, probabilities, test_labels = _evaluate_model(model, splits)
+    if training.state.plan is not None:
+        run_facts["time_budget_plan"] = asdict(training.state.plan)
+    report, flip_report, test_images, probabilities, test_labels = _evaluate_model(
+        model, splits, config.augment.test_time_flip
+    )
+    if flip_report is not None:
+        run_facts["test_time_flip"] = {"top1_accuracy": flip_report.top1_accuracy, "loss": flip_report.loss}
     _save_model(model, run_dir)
     write_text_atomically(run_dir / LABELS_FILE, "\n".join(splits.class_names) + "\n")
     evaluate.plot_learning_curves(run_dir / HISTORY_FILE, run_dir / "learning_curves.png")
@@ -348,6 +384,8 @@ def _finish(training: _Training, train_seconds: float, started: float) -> RunSum
         run_dir / METRICS_FILE, report, extra={"run": run_facts, "data": {"source": splits.source, "skipped": splits.skipped}}
     )
     print(evaluate.format_summary(report), flush=True)
+    if flip_report is not None:
+        print(f"test-time flip (mean of the image and its mirror): top-1 {flip_report.top1_accuracy:.2%}", flush=True)
     return RunSummary(
         run_dir=run_dir,
         test_accuracy=report.top1_accuracy,
@@ -367,25 +405,32 @@ def weights_fingerprint(model: keras.Model) -> str:
     return digest.hexdigest()[:16]
 
 
-def _evaluate_model(model: keras.Model, splits) -> tuple:
-    """The report on the test split, and the images, probabilities and labels of its worst mistakes.
+def _evaluate_model(model: keras.Model, splits, test_time_flip: bool = False) -> tuple:
+    """The report on the test split, the flip-averaged report (None unless `test_time_flip`), and
+    the images, probabilities and labels of the worst mistakes.
 
     Streamed in batches: a large test split is never held in memory; the misclassified images
-    are fetched by a second pass.
+    are fetched by a second pass. The headline accuracy stays single-pass, as exported models are.
     """
     forward = tf.function(lambda batch: model(batch, training=False))
-    probabilities, labels = [], []
+    probabilities, flip_averaged, labels = [], [], []
     for image_batch, label_batch in splits.test.batch(PREDICTION_BATCH):
-        probabilities.append(forward(tf.cast(image_batch, tf.float32)).numpy())
+        images = tf.cast(image_batch, tf.float32)
+        probabilities.append(forward(images).numpy())
+        if test_time_flip:
+            flip_averaged.append((probabilities[-1] + forward(tf.image.flip_left_right(images)).numpy()) / 2)
         labels.append(label_batch.numpy())
     probabilities, labels = np.concatenate(probabilities), np.concatenate(labels).astype(np.int64)
     report = evaluate.classification_report(labels, probabilities, splits.class_names)
+    flip_report = (
+        evaluate.classification_report(labels, np.concatenate(flip_averaged), splits.class_names) if test_time_flip else None
+    )
     shown = evaluate.most_confident_mistakes(labels, probabilities)[: evaluate.MISCLASSIFIED_SHOWN]
     wanted = tf.constant(np.isin(np.arange(len(labels)), shown))
     kept = splits.test.enumerate().filter(lambda position, example: wanted[position]).map(lambda position, example: example[0])
     images = np.stack(list(kept.as_numpy_iterator())) if len(shown) else np.zeros((0, *splits.image_shape), np.uint8)
     in_order = np.sort(shown)
-    return report, images, probabilities[in_order], labels[in_order]
+    return report, flip_report, images, probabilities[in_order], labels[in_order]
 
 
 def _save_model(model: keras.Model, run_dir: Path) -> None:
@@ -404,9 +449,12 @@ def _write_history_csv(path: Path, history: list[EpochRecord]) -> None:
 # ----------------------------------------------------------------------------- evaluate, predict
 
 
-def evaluate_run(path: str | Path, *, dataset: str | None = None, batch_size: int | None = None) -> str:
+def evaluate_run(
+    path: str | Path, *, dataset: str | None = None, batch_size: int | None = None, test_time_flip: bool = False
+) -> str:
     """Evaluate a run's model on its test split (or on `dataset`'s), `batch_size` images per forward
-    pass (None: PREDICTION_BATCH); writes evaluation.json beside it."""
+    pass (None: PREDICTION_BATCH); writes evaluation.json beside it. With `test_time_flip`, the
+    accuracy of probabilities averaged with each mirrored image's is reported beside it."""
     import dataclasses
 
     batch_size = PREDICTION_BATCH if batch_size is None else batch_size
@@ -431,9 +479,16 @@ def evaluate_run(path: str | Path, *, dataset: str | None = None, batch_size: in
     images, labels = collect_examples(splits.test)
     probabilities = predict_probabilities(model, images, batch_size)
     report = evaluate.classification_report(labels, probabilities, class_names)
+    evaluated = {"dataset": data_config.dataset, "source": splits.source}
+    summary = evaluate.format_summary(report)
+    if test_time_flip:
+        mirrored = predict_probabilities(model, images[:, :, ::-1], batch_size)
+        flip_report = evaluate.classification_report(labels, (probabilities + mirrored) / 2, class_names)
+        evaluated["test_time_flip"] = {"top1_accuracy": flip_report.top1_accuracy, "loss": flip_report.loss}
+        summary += f"\ntest-time flip (mean of the image and its mirror): top-1 {flip_report.top1_accuracy:.2%}"
     destination = (run_dir or Path(path).parent) / "evaluation.json"
-    evaluate.write_metrics_json(destination, report, extra={"evaluated": {"dataset": data_config.dataset, "source": splits.source}})
-    return evaluate.format_summary(report) + f"\nwritten to {destination}"
+    evaluate.write_metrics_json(destination, report, extra={"evaluated": evaluated})
+    return summary + f"\nwritten to {destination}"
 
 
 def predict_images(path: str | Path, inputs: list[str], *, top_k: int = 3) -> list[tuple[str, list[tuple[str, float]]]]:

@@ -29,6 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 import architectures
+from pipeline.budget import Measurements, Plan, job_seconds, plan_training
 from pipeline.config import ModelConfig, TrainConfig, use_small_input
 
 logger = logging.getLogger(__name__)
@@ -128,15 +129,10 @@ def _cpu_has_native_bfloat16() -> bool:
 
 
 def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
-    """SGD (Nesterov) or AdamW on a warmup + cosine schedule; EMA and clipping as configured."""
+    """SGD (Nesterov) or AdamW on a warmup + decay schedule; EMA and clipping as configured."""
     total_steps = max(1, config.epochs * steps_per_epoch)
     warmup_steps = min(total_steps - 1, round(config.warmup_epochs * steps_per_epoch))
-    schedule = keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=0.0 if warmup_steps else config.learning_rate,
-        decay_steps=max(1, total_steps - warmup_steps),
-        warmup_target=config.learning_rate if warmup_steps else None,
-        warmup_steps=warmup_steps,
-    )
+    schedule = WarmupThenDecay(config.learning_rate, total_steps, warmup_steps, config.lr_decay)
     common = dict(
         learning_rate=schedule,
         weight_decay=config.weight_decay or None,
@@ -197,6 +193,47 @@ class _AdamWWithEMAWarmup(_EMAWarmup, _DecayKernelsOnly, keras.optimizers.AdamW)
     pass
 
 
+class WarmupThenDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warmup from zero to `peak`, then cosine or linear decay to zero at `total_steps`.
+
+    With cosine this is Keras's `CosineDecay(warmup_target=peak)`, step for step. The lengths
+    are variables, so a time budget can set them once its plan is made, after the step
+    function was traced with them.
+    """
+
+    def __init__(self, peak: float, total_steps: int, warmup_steps: int, decay: str = "cosine"):
+        self.peak, self.decay = float(peak), decay
+        self.total_steps = tf.Variable(float(total_steps), trainable=False, name="schedule_total_steps")
+        self.warmup_steps = tf.Variable(float(warmup_steps), trainable=False, name="schedule_warmup_steps")
+
+    def set_lengths(self, total_steps: int, warmup_steps: int) -> None:
+        self.total_steps.assign(float(total_steps))
+        self.warmup_steps.assign(float(warmup_steps))
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        warmup, total = tf.convert_to_tensor(self.warmup_steps), tf.convert_to_tensor(self.total_steps)
+        warming = self.peak * step / tf.maximum(warmup, 1.0)
+        progress = tf.clip_by_value((step - warmup) / tf.maximum(total - warmup, 1.0), 0.0, 1.0)
+        if self.decay == "linear":
+            decayed = self.peak * (1.0 - progress)
+        else:
+            decayed = self.peak * 0.5 * (1.0 + tf.cos(math.pi * progress))
+        return tf.where(step < warmup, warming, decayed)
+
+    def get_config(self) -> dict:
+        return {
+            "peak": self.peak,
+            "total_steps": int(self.total_steps.numpy()),
+            "warmup_steps": int(self.warmup_steps.numpy()),
+            "decay": self.decay,
+        }
+
+
+def learning_rate_schedule(optimizer: keras.optimizers.Optimizer) -> WarmupThenDecay:
+    return getattr(optimizer, "inner_optimizer", optimizer)._learning_rate
+
+
 def current_learning_rate(optimizer: keras.optimizers.Optimizer) -> float:
     inner = getattr(optimizer, "inner_optimizer", optimizer)
     return float(inner.learning_rate)
@@ -224,6 +261,20 @@ class LoopState:
     epoch: int = 0  # 0-based epoch in progress
     step_in_epoch: int = 0
     history: list[EpochRecord] = field(default_factory=list)
+    plan: Plan | None = None  # a time budget's plan, once made
+
+
+@dataclass(frozen=True)
+class TrainingBudget:
+    """What a time-budgeted `Trainer` needs beyond its config; see `pipeline/budget.py`."""
+
+    seconds: float
+    validation_probe: tf.data.Dataset  # a few validation images, to time the evaluation step
+    validation_probe_images: int
+    validation_images: int
+    test_images: int
+    exporting: bool  # the job exports after training (the budget covers it)
+    chief: bool  # this worker's measurements make the plan
 
 
 class Trainer:
@@ -233,6 +284,9 @@ class Trainer:
     batches (images float32 0..255, one-hot labels); `validation` is an unbatched dataset of
     (uint8 image, label). `on_backup(state)` is called where a backup is due;
     `on_epoch_end(record, is_best)` after each validation.
+
+    With a `budget`, the first epoch measures the step and evaluation times, and the plan
+    they give sets `epochs`, `steps_per_epoch` and the schedule's lengths (`pipeline/budget.py`).
     """
 
     def __init__(
@@ -246,6 +300,7 @@ class Trainer:
         steps_per_epoch: int,
         global_batch_size: int,
         show_progress: bool,
+        budget: TrainingBudget | None = None,
     ):
         self.model = model
         self.optimizer = optimizer
@@ -255,6 +310,8 @@ class Trainer:
         self.steps_per_epoch = steps_per_epoch
         self.global_batch_size = global_batch_size
         self.show_progress = show_progress
+        self.budget = budget
+        self.epochs = config.epochs
         self.stop_requests = StopRequests(strategy)
         loss = keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing, reduction=None)
         self._train_steps = compiled_train_steps(model, optimizer, strategy, loss, global_batch_size, config.jit_compile)
@@ -279,8 +336,10 @@ class Trainer:
         on_backup: Callable[[LoopState], None],
         on_epoch_end: Callable[[EpochRecord, bool], None],
     ) -> LoopState:
+        if state.plan is not None:
+            self._follow(state.plan)
         with self.stop_requests.catching_signals():
-            while state.epoch < self.config.epochs:
+            while state.epoch < self.epochs:
                 record = self._run_epoch(state, train_dataset_fn, validation, on_backup)
                 best = max((r.val_accuracy for r in state.history), default=-1.0)
                 state.history.append(record)
@@ -293,7 +352,7 @@ class Trainer:
         epoch, skip = state.epoch, state.step_in_epoch
         if skip:
             logger.info("resuming epoch %d at step %d of %d", epoch + 1, skip, self.steps_per_epoch)
-        meter = EpochMeter(epoch, self.config.epochs, self.steps_per_epoch, self.optimizer, self.show_progress)
+        meter = EpochMeter(epoch, self.epochs, self.steps_per_epoch, self.optimizer, self.show_progress)
         distributed = self.strategy.distribute_datasets_from_function(
             lambda input_context: train_dataset_fn(epoch, skip, input_context)
         )
@@ -304,6 +363,9 @@ class Trainer:
             state.step_in_epoch += steps
             stop_if_diverged(loss_sum, epoch, state.step_in_epoch)
             meter.show(state.step_in_epoch)
+            if self.budget and state.plan is None and meter.measured_enough(state.step_in_epoch >= self.steps_per_epoch):
+                state.plan = self._plan(state, meter)
+                self._follow(state.plan)
             if self.stop_requests.agreed():
                 on_backup(state)
                 raise self.stop_requests.stopped(epoch, state.step_in_epoch)
@@ -314,6 +376,35 @@ class Trainer:
         with self.ema_weights():
             val_loss, val_accuracy = self.evaluate(validation)
         return meter.record(val_loss, val_accuracy)
+
+    def _plan(self, state: LoopState, meter: EpochMeter) -> Plan:
+        """The budget's plan from this worker's measurements, or the chief's under multi-worker."""
+        seconds_per_step = meter.seconds_per_step(self.global_batch_size)
+        probe = self.budget.validation_probe
+        self.evaluate(probe)  # traces the evaluation step: not timed
+        probe_started = time.perf_counter()
+        self.evaluate(probe)
+        per_eval_image = (time.perf_counter() - probe_started) / self.budget.validation_probe_images
+        measured = np.array([job_seconds(), seconds_per_step, per_eval_image])
+        if self.strategy.extended._in_multi_worker_mode():
+            chief_only = measured if self.budget.chief else np.zeros_like(measured)
+            measured = _sum_over_workers(self.strategy, tf.constant(chief_only)).numpy()
+        plan = plan_training(
+            budget_seconds=self.budget.seconds,
+            measured=Measurements(*(float(value) for value in measured)),
+            steps_done=state.step_in_epoch,
+            steps_per_split_epoch=self.steps_per_epoch,
+            validation_images=self.budget.validation_images,
+            test_images=self.budget.test_images,
+            exporting=self.budget.exporting,
+            warmup_epochs=self.config.warmup_epochs,
+        )
+        logger.info("%s", plan.describe())
+        return plan
+
+    def _follow(self, plan: Plan) -> None:
+        self.epochs, self.steps_per_epoch = plan.epochs, plan.steps_per_epoch
+        learning_rate_schedule(self.optimizer).set_lengths(plan.total_steps, plan.warmup_steps)
 
     def _backup_due(self, epoch: int, step_in_epoch: int, steps_just_run: int) -> bool:
         """Every `backup_every_steps` global steps, except at the epoch's end (which backs up anyway)."""
@@ -506,7 +597,7 @@ class EpochMeter:
     def __init__(self, epoch: int, epochs: int, steps_per_epoch: int, optimizer: keras.optimizers.Optimizer, show_progress: bool):
         self.epoch, self.optimizer = epoch, optimizer
         self.totals = np.zeros(3)  # loss sum, correct, images
-        self.timed_images, self.timed_seconds = 0.0, 0.0
+        self.timed_images, self.timed_seconds, self.timed_calls = 0.0, 0.0, 0
         self.training_seconds = 0.0
         self.progress = keras.utils.Progbar(steps_per_epoch, stateful_metrics=["lr"]) if show_progress else None
         if self.progress:
@@ -520,8 +611,23 @@ class EpochMeter:
         if not traced:  # the first call of an epoch traces the function: not throughput
             self.timed_images += step_totals[2]
             self.timed_seconds += time.perf_counter() - call_started
+            self.timed_calls += 1
         self.totals += step_totals
         return float(step_totals[0])
+
+    # Timed calls that make a step-time measurement good enough for a budget's plan.
+    MEASURE_SECONDS = 3.0
+    MEASURE_CALLS = 2
+
+    def measured_enough(self, epoch_over: bool) -> bool:
+        """Enough timed calls to plan on; at an epoch's end, whatever there is."""
+        return epoch_over or (self.timed_calls >= self.MEASURE_CALLS and self.timed_seconds >= self.MEASURE_SECONDS)
+
+    def seconds_per_step(self, global_batch_size: int) -> float:
+        """Wall seconds per step of the timed calls (the tracing call only when nothing else ran)."""
+        if self.timed_images:
+            return self.timed_seconds / (self.timed_images / global_batch_size)
+        return (time.perf_counter() - self.started) / max(1.0, self.totals[2] / global_batch_size)
 
     def show(self, step_in_epoch: int) -> None:
         if self.progress:

@@ -107,6 +107,9 @@ def test_quick_rows_hold_the_measured_figures(quick_output):
         median_run = min(row["runs"], key=lambda run: run["test_accuracy"])
         assert row["median_seed"] == median_run["seed"]
         assert (row["test_accuracy"], row["wall_seconds"]) == (median_run["test_accuracy"], median_run["wall_seconds"])
+    check = tables["time_to_accuracy"]["budget_check"]
+    assert check["returncode"] == 0 and "--time-budget 30s" in check["command"]
+    assert check["plan"]["budget_seconds"] == 30 and check["plan"]["epochs"] == check["epochs"] >= 1
     seed_1_run = recipes["default"]["runs"][1]
     assert "--seed 1" in seed_1_run["command"] and seed_1_run["run_dir"] != recipes["default"]["run_dir"]
     exports = {(row["format"], row["quantization"]) for row in tables["exports"]["rows"]}

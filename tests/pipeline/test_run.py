@@ -100,12 +100,24 @@ def test_changed_config_in_an_existing_run_directory_is_refused(tiny_run):
 @needs_fashion_mnist
 def test_evaluate_and_predict_use_the_run_directory(tiny_run, tmp_path):
     run_dir, _ = tiny_run
-    evaluated = run_cli("evaluate", "--run-dir", str(run_dir))
+    evaluated = run_cli("evaluate", "--run-dir", str(run_dir), "--test-time-flip")
     assert evaluated.returncode == 0, evaluated.stderr
     assert "top-1" in evaluated.stdout and (run_dir / "evaluation.json").is_file()
     evaluation = json.loads((run_dir / "evaluation.json").read_text())
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert evaluation["top1_accuracy"] == pytest.approx(metrics["top1_accuracy"], abs=1e-6)
+    assert evaluation["top1_accuracy"] == pytest.approx(metrics["top1_accuracy"], abs=1e-6)  # single-pass stays the headline
+    # Flip TTA: probabilities averaged with the mirrored image's, reported beside the plain accuracy.
+    from pipeline.config import DataConfig
+    from pipeline.data import load_splits
+
+    model = keras.models.load_model(run_dir / "model.keras")
+    splits = load_splits(DataConfig(max_eval_examples=256), seed=0)
+    images, labels = map(np.concatenate, zip(*[(i.numpy(), l.numpy()) for i, l in splits.test.batch(256)]))
+    images = images.astype("float32")
+    averaged = (model.predict(images, verbose=0) + model.predict(images[:, :, ::-1], verbose=0)) / 2
+    flip_accuracy = evaluation["evaluated"]["test_time_flip"]["top1_accuracy"]
+    assert flip_accuracy == pytest.approx(np.mean(np.argmax(averaged, -1) == labels), abs=1e-6)
+    assert f"test-time flip (mean of the image and its mirror): top-1 {flip_accuracy:.2%}" in evaluated.stdout
 
     images = tmp_path / "photos"
     images.mkdir()
@@ -218,6 +230,7 @@ EVERYTHING_ON = [
     "--set", "train.gradient_clip_norm=1.0", "--set", "train.precision=mixed_float16", "--set", "train.jit_compile=true",
     "--set", "augment.random_resized_crop=true", "--set", "augment.rand_augment=true",
     "--set", "augment.mixup_alpha=0.2", "--set", "augment.cutmix_alpha=1.0", "--set", "augment.random_erasing=0.25",
+    "--set", "augment.test_time_flip=true",
 ]  # pad-crop and flip are on by default
 AUGMENTATIONS_OFF = dict(
     random_resized_crop=False, random_crop_padding=0, horizontal_flip=False, rand_augment=False,
@@ -244,6 +257,8 @@ def test_ema_adamw_clipping_float16_xla_and_every_augmentation_run_together(ever
     assert "precision: mixed_float16" in result.stderr
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["top1_accuracy"] > 0.15 and metrics["run"]["precision"] == "mixed_float16"
+    assert 0.0 < metrics["run"]["test_time_flip"]["top1_accuracy"] <= 1.0  # reported beside, not instead
+    assert "test-time flip (mean of the image and its mirror): top-1" in result.stdout
     config = from_yaml_file(run_dir / "config.yaml")
     train = config.train
     assert (train.ema_decay, train.optimizer, train.gradient_clip_norm, train.precision, train.jit_compile) == (
