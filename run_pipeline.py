@@ -89,6 +89,7 @@ TRAIN_FLAGS = {
     "time_budget": ("train.time_budget", str, "wall time for the whole job, e.g. 10m: the epochs are planned to fit"),
     "batch_size": ("train.batch_size", int, "global batch size, all replicas together"),
     "image_size": ("data.image_size", int, "square input side in pixels"),
+    "weights": ("model.weights", str, "imagenet (keras.applications' file, from ~/.keras/models or downloaded) or a weights file"),
     "strategy": ("distribute.strategy", str, "auto, default, one_device, mirrored or multi_worker"),
     "output_dir": ("output_dir", str, "where run directories go (default runs/)"),
     "run_name": ("run_name", str, "run directory name (default <dataset>-<arch>)"),

@@ -26,6 +26,6 @@ from architectures import (  # noqa: F401  (imported to register the families)
     wide_resnet,
 )
 from architectures.errors import UserError
-from architectures.registry import build, check, families, info, names
+from architectures.registry import backbone_layer_names, build, check, families, info, names
 
-__all__ = ["UserError", "build", "check", "families", "info", "names"]
+__all__ = ["UserError", "backbone_layer_names", "build", "check", "families", "info", "names"]

@@ -27,7 +27,8 @@ Differences from keras.applications:
   the legacy `.h5` loader transposes; TensorFlow's CPU grouped convolution is the slow path.
 
 Differences from keras.applications that touch no weight:
-- no input Normalization layer (its `include_preprocessing=True`): the pipeline normalises;
+- its input Normalization (`include_preprocessing=True`) comes with keras.applications' weights
+  only (`build(..., weights=...)`, architectures/pretrained.py); otherwise the pipeline normalises;
 - its `_identity` Activation and the unnamed `+` of each block are one StochasticDepth layer
   (`..._stochastic_depth`), present at every rate;
 - with include_top=False it appends an auto-named LayerNormalization after the optional

@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import inspect
+import logging
 import math
 import os
 import re
@@ -24,8 +25,11 @@ from typing import Any, Callable, Mapping
 
 import keras
 
+from architectures import pretrained
 from architectures.errors import UserError
 from architectures.weights import load_weights
+
+logger = logging.getLogger(__name__)
 
 POOLING_CHOICES = (None, "avg", "max")
 WEIGHT_SUFFIXES = (".h5", ".keras")  # ".weights.h5" ends in ".h5" too
@@ -275,7 +279,7 @@ def _resolve_input_shape(variant: VariantInfo, input_shape: Any) -> tuple[int, i
 def _check_weights_path(weights: Any) -> str:
     path = os.fspath(weights)
     if not path.endswith(WEIGHT_SUFFIXES):
-        raise UserError(f"weights must be None or a .h5, .weights.h5 or .keras file, got {path!r}")
+        raise UserError(f"weights must be None, 'imagenet' or a .h5, .weights.h5 or .keras file, got {path!r}")
     if not os.path.isfile(path):
         raise UserError(f"weights file not found: {path}")
     return path
@@ -318,8 +322,11 @@ def build(
 
     input_shape=None means the family's default size with 3 channels. With
     include_top=False the model ends at the features, pooled when `pooling` is
-    "avg" or "max". `weights` is None or a file: a keras.applications legacy `.h5`,
-    or the project's own `.weights.h5` / `.keras`. small_input=True picks the family's
+    "avg" or "max". `weights` is None, "imagenet" (keras.applications' file, see
+    `pretrained`) or a file: a keras.applications legacy `.h5`, or the project's own
+    `.weights.h5` / `.keras`. A keras.applications file brings its own preprocessing
+    (raw 0..255 pixels in) and, when its head does not fit (`_notop`, another
+    num_classes), leaves the head newly initialised. small_input=True picks the family's
     stem for 28-32 px images; a family built for such images already has it. Options a
     family does not declare, and inputs too small for it, raise `UserError` (`check`)
     before anything is built.
@@ -329,16 +336,25 @@ def build(
         raise UserError(f"num_classes must be a positive integer, got {num_classes!r}")
     if pooling not in POOLING_CHOICES:
         raise UserError(f"pooling must be one of None, 'avg', 'max'; got {pooling!r}")
+    shape = _resolve_input_shape(variant, input_shape)
+    if weights == pretrained.IMAGENET:
+        weights = pretrained.imagenet_file(
+            name, include_top=include_top and num_classes == pretrained.IMAGENET_CLASSES, options=options,
+            image_side=min(shape[:2]),
+        )  # fmt: skip
     weights_path = None if weights is None else _check_weights_path(weights)
     family = _FAMILIES[variant.family]
     if weights_path is not None and family.weights_options is not None:
         options = _merge_weights_options(variant, options, family.weights_options(weights_path))
-    shape = _resolve_input_shape(variant, input_shape)
     resolved = check(name, options, image_side=min(shape[:2]), small_input=small_input)
 
     images = keras.Input(shape=shape, name="images")
+    x = images
+    preprocessing = pretrained.preprocessing_for(name, weights_path)
+    if preprocessing is not None:
+        x = pretrained.ImageNetPreprocessing(preprocessing, name=pretrained.PREPROCESSING_LAYER)(images)
     stem = {"small_input": small_input} if variant.small_input_min_size is not None else {}
-    feature_maps = family.features(variant.spec, images, **stem, **resolved)
+    feature_maps = family.features(variant.spec, x, **stem, **resolved)
     if not isinstance(feature_maps, dict):
         feature_maps = {"features": feature_maps}
     if include_top:
@@ -354,8 +370,21 @@ def build(
         outputs = _pool(feature_maps["features"], pooling)
     model = keras.Model(images, outputs, name=name)
     if weights_path is not None:
-        load_weights(model, weights_path)
+        backbone_layers = {layer.name for layer in keras.Model(images, feature_maps["features"]).layers}
+        head_layers = frozenset(layer.name for layer in model.layers if layer.name not in backbone_layers)
+        new_layers = load_weights(model, weights_path, head_layers=head_layers)
+        loaded = [layer.name for layer in model.layers if layer.weights and layer.name not in new_layers]
+        logger.info(
+            "%s: loaded %d layers (%s ... %s) from %s; new: %s", name, len(loaded), loaded[0], loaded[-1],
+            weights_path, ", ".join(new_layers) or "none",
+        )  # fmt: skip
     return model
+
+
+def backbone_layer_names(name: str, **build_arguments: Any) -> frozenset[str]:
+    """The layers of `build(name, include_top=False, **build_arguments)`: those a pretrained
+    backbone fills. A full build's other layers are its head."""
+    return frozenset(layer.name for layer in build(name, include_top=False, **build_arguments).layers)
 
 
 def _merge_weights_options(

@@ -19,7 +19,9 @@ Matching a legacy file by name:
   its depth multiplier) reshaped: grouped output channel c*M + m is depthwise channel c's m-th;
 - layers the file names by Keras's auto-names (Xception's residual convs "conv2d_1" ...)
   that no layer of ours is called are matched to our still-unmatched layers in order, as
-  Keras's own legacy loader matches every layer, provided every weight shape agrees.
+  Keras's own legacy loader matches every layer, provided every weight shape agrees;
+- a new head: layers the caller names as the head keep their fresh initialisation where the
+  file lacks them (a `_notop` file) or holds another shape (another number of classes).
 """
 
 from __future__ import annotations
@@ -33,16 +35,20 @@ import numpy as np
 from architectures.errors import UserError
 
 
-def load_weights(model: keras.Model, path: str) -> None:
-    """Load `path` into `model`; a mismatch raises `UserError` naming the first bad layer."""
+def load_weights(model: keras.Model, path: str, *, head_layers: frozenset[str] = frozenset()) -> list[str]:
+    """Load `path` into `model`; a mismatch raises `UserError` naming the first bad layer.
+
+    Returns the weighted layers left as built: those of `head_layers` (names) that a legacy
+    file lacks or holds in another shape. Our own formats load whole.
+    """
     if path.endswith((".keras", ".weights.h5")):
         try:
             model.load_weights(path)
         except (ValueError, KeyError) as error:
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise UserError(f"cannot load {path} into {model.name}: {first_line}") from None
-        return
-    _assign(model, read_legacy_h5(path), path)
+        return []
+    return _assign(model, read_legacy_h5(path), path, head_layers)
 
 
 def read_legacy_h5(path: str) -> OrderedDict[str, list[np.ndarray]]:
@@ -96,10 +102,17 @@ def _weighted_layers(model: keras.Model) -> list[keras.layers.Layer]:
     return [layer for layer in model.layers if layer.weights]
 
 
-def _assign(model: keras.Model, arrays: OrderedDict[str, list[np.ndarray]], path: str) -> None:
-    layers = _weighted_layers(model)
+def _assign(
+    model: keras.Model, arrays: OrderedDict[str, list[np.ndarray]], path: str, head_layers: frozenset[str]
+) -> list[str]:
+    claimed = {layer.name for layer in _weighted_layers(model)}
+    new_layers = [
+        layer.name
+        for layer in _weighted_layers(model)
+        if layer.name in head_layers and not _fits(layer, arrays.get(layer.name))
+    ]
+    layers = [layer for layer in _weighted_layers(model) if layer.name not in new_layers]
     unmatched_layers = [layer for layer in layers if layer.name not in arrays]
-    claimed = {layer.name for layer in layers}
     unmatched_entries = [name for name in arrays if name not in claimed]
     pairs = [(layer, layer.name) for layer in layers if layer.name in arrays]
     pairs += _pair_auto_named(unmatched_layers, unmatched_entries, arrays, path, model.name)
@@ -119,6 +132,15 @@ def _assign(model: keras.Model, arrays: OrderedDict[str, list[np.ndarray]], path
         values[bn_name] = [gamma, beta, moving_mean - bias, moving_variance]
     for layer, _ in pairs:
         layer.set_weights(values[layer.name])
+    return new_layers
+
+
+def _fits(layer: keras.layers.Layer, file_arrays: list[np.ndarray] | None) -> bool:
+    """The file holds arrays of exactly this layer's shapes."""
+    if file_arrays is None:
+        return False
+    file_shapes = [array.shape for array in _in_model_layout(layer, file_arrays)]
+    return file_shapes == [tuple(weight.shape) for weight in layer.weights]
 
 
 def _pair_auto_named(
@@ -171,5 +193,5 @@ def _check_shapes(layer: keras.layers.Layer, file_arrays: list[np.ndarray], path
     if expected != found:
         raise UserError(
             f"{path}: layer {layer.name!r} has weights of shapes {found} in the file but {expected} in the "
-            "model (different num_classes? build with the file's num_classes or include_top=False)"
+            "model (a file for another variant or width multiplier?)"
         )

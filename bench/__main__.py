@@ -36,6 +36,7 @@ TABLE_MODULES = {  # table name -> module, in run order (exports uses time_to_ac
     "time_to_accuracy": "bench.time_to_accuracy",
     "exports": "bench.exports",
     "gpu": "bench.gpu",
+    "finetune": "bench.finetune",
 }
 FULL_CACHE_DIR = Path("/tmp/convnets-bench")  # generated data (the JPEG folder); safe to delete
 FULL_RUNS_DIR = REPO_ROOT / "runs" / "bench"

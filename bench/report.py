@@ -21,6 +21,7 @@ HEADINGS = {  # results.json table name -> section heading, in document order
     "time_to_accuracy": "4. Time to accuracy on Fashion-MNIST",
     "exports": "5. Exports: size, latency and accuracy",
     "gpu": "6. GPU training throughput",
+    "finetune": "7. Fine-tuning a pretrained backbone vs training from scratch",
 }
 
 
@@ -379,6 +380,40 @@ def _gpu(table: dict[str, Any]) -> str:
     return method + "\n" + _markdown_table(header, rows, "lllrrrr")
 
 
+def _finetune(table: dict[str, Any]) -> str:
+    settings, tflite = table["settings"], table["tflite"]
+    method = (
+        f"{settings['arch']} (alpha {settings['alpha']}, {settings['image_side']}x{settings['image_side']}x3) pretrained on "
+        f"{settings['pretrain_images']:,} Fashion-MNIST images of classes 0-4 ({settings['pretrain_epochs']} epochs, "
+        f"{_percent(table['pretrain']['test_accuracy'])} on their test images, {table['pretrain']['seconds']:,.0f} s) and "
+        "written as keras.applications' `_notop` file; then classes 5-9 from "
+        f"{settings['finetune_images']:,} training images, {settings['epochs']} epochs of batch {settings['batch_size']} "
+        f"either way: `--weights imagenet` with the head alone for {settings['freeze_epochs']} epoch(s), then the whole "
+        "network; or from scratch. Test accuracy: the classes' official test images (up to "
+        f"{settings['test_images']:,}). Curve: validation accuracy at each epoch's end, with that epoch's own seconds.\n"
+    )
+    rows, curves = [], []
+    for row in table["rows"]:
+        rows.append([row["start"], _percent(row["test_accuracy"]), f"{row['train_seconds']:,.0f}"])
+        points = ", ".join(f"{point['seconds']:,.0f} s {point['val_accuracy']:.1%}" for point in row["curve"])
+        curves.append(f"- {row['start']}: {points}")
+    within = "yes" if tflite["int8_within_one_point"] else "no"
+    exports = _markdown_table(
+        ["model", "test accuracy"],
+        [["Keras float32", _percent(tflite["keras_float32"])], ["TFLite float32", _percent(tflite["tflite_float32"])],
+         ["TFLite int8 (full integer)", _percent(tflite["tflite_int8"])]],
+        "lr",
+    )  # fmt: skip
+    return "\n".join([
+        method,
+        _markdown_table(["start", "test accuracy", "training s"], rows, "lrr"),
+        "Validation accuracy by epoch:\n",
+        "\n".join(curves) + "\n",
+        f"The fine-tuned model exported (int8 within 1 point of float32: {within}):\n",
+        exports,
+    ])  # fmt: skip
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
     "zoo": _zoo,
     "vs_keras": _vs_keras,
@@ -387,4 +422,5 @@ RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
     "time_to_accuracy": _time_to_accuracy,
     "exports": _exports,
     "gpu": _gpu,
+    "finetune": _finetune,
 }

@@ -62,7 +62,7 @@ class ModelConfig:
     arch: str = "resnet20"  # any name from `run_pipeline.py models`
     small_input: bool | None = None  # None: on when the image side is below the family's min size
     options: dict[str, Any] = field(default_factory=dict)  # family options, e.g. {output_stride: 16}
-    weights: str | None = None  # initial weights file (.h5, .weights.h5, .keras)
+    weights: str | None = None  # "imagenet" (keras.applications' file and preprocessing) or a file (.h5, .weights.h5, .keras)
 
 
 @dataclass(frozen=True)
@@ -85,6 +85,8 @@ class TrainConfig:
     steps_per_execution: int = 10  # train steps per tf.function call (fewer Python round trips)
     batch_norm_momentum: float = 0.9  # torchvision's 0.1 in Keras terms; Keras's 0.99 lags in short runs
     backup_every_steps: int = 200  # atomic backup for resume after preemption; 0: epoch ends only
+    freeze_backbone_epochs: int = 0  # first epochs train only the new head, backbone BatchNorm in inference mode; 0: none
+    fine_tune_learning_rate: float = 0.01  # peak for the whole network after the frozen epochs (own warmup, cosine decay)
 
 
 @dataclass(frozen=True)
@@ -304,6 +306,16 @@ def validate(config: RunConfig) -> None:
     _require(0.0 <= train.batch_norm_momentum < 1.0, f"train.batch_norm_momentum must be in [0, 1), got {train.batch_norm_momentum}")
     _require(train.steps_per_execution >= 1, f"train.steps_per_execution must be >= 1, got {train.steps_per_execution}")
     _require(train.backup_every_steps >= 0, f"train.backup_every_steps must be >= 0, got {train.backup_every_steps}")
+    _require(0 <= train.freeze_backbone_epochs <= train.epochs, f"train.freeze_backbone_epochs must be in [0, epochs={train.epochs}], got {train.freeze_backbone_epochs}")
+    _require(train.fine_tune_learning_rate > 0, f"train.fine_tune_learning_rate must be > 0, got {train.fine_tune_learning_rate}")
+    _require(
+        not train.freeze_backbone_epochs or config.model.weights is not None,
+        "train.freeze_backbone_epochs needs pretrained weights: set model.weights (e.g. imagenet)",
+    )
+    _require(
+        not (train.freeze_backbone_epochs and train.time_budget),
+        "train.time_budget does not plan two-phase fine-tuning yet: give train.epochs instead",
+    )
     _require(augment.random_crop_padding >= 0, f"augment.random_crop_padding must be >= 0, got {augment.random_crop_padding}")
     _require(0.0 <= augment.rand_augment_magnitude <= 1.0, f"augment.rand_augment_magnitude must be in [0, 1], got {augment.rand_augment_magnitude}")
     for key in ("mixup_alpha", "cutmix_alpha"):
@@ -329,10 +341,14 @@ def _validate_architecture(config: RunConfig) -> None:
     """The architecture exists, takes these options, and accepts this input size: the registry's
     rules and messages, the ones `architectures.build` applies."""
     import architectures
+    from architectures import pretrained
 
     side = config.data.image_size  # None: the dataset's own, checked when the model is built
     small_input = bool(config.model.small_input) if side is None else use_small_input(config.model, side)
     architectures.check(config.model.arch, config.model.options, image_side=side, small_input=small_input)
+    if config.model.weights == pretrained.IMAGENET:
+        pretrained.check_imagenet(config.model.arch, config.model.options)
+        _require(config.data.channels in (None, 3), f"ImageNet weights take RGB images: data.channels must be 3, got {config.data.channels}")
 
 
 def use_small_input(model: ModelConfig, image_side: int) -> bool:

@@ -31,7 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from architectures.errors import UserError
-from pipeline import augment, data, evaluate
+from pipeline import augment, data, evaluate, finetune
 from pipeline.budget import parse_duration
 from pipeline.checkpoints import BEST_WEIGHTS, BackupManager, save_best_weights
 from pipeline.config import RunConfig, from_yaml_file, to_dict, to_yaml
@@ -53,6 +53,7 @@ from pipeline.train import (
     LoopState,
     Trainer,
     TrainingBudget,
+    averaged_variables,
     build_training_model,
     make_optimizer,
     progress_wanted,
@@ -247,7 +248,9 @@ def _prepare(config: RunConfig, strategy, run_dir: Path, work_dir: Path, chief: 
             synchronized_batch_norm=config.distribute.sync_batch_norm and strategy.num_replicas_in_sync > 1,
         )
         optimizer = make_optimizer(config.train, steps_per_epoch)
-        optimizer.build(model.trainable_variables)
+        if config.train.freeze_backbone_epochs:
+            finetune.use_two_phase_schedule(optimizer, config.train, steps_per_epoch)
+        optimizer.build(model.trainable_variables)  # every variable, before any is frozen
     # Outside the scope: the loop position and history are plain host variables (a string
     # cannot be a collective-broadcast variable under MultiWorkerMirroredStrategy).
     backups = BackupManager(run_dir, model, optimizer, chief=chief)
@@ -270,6 +273,7 @@ def _prepare(config: RunConfig, strategy, run_dir: Path, work_dir: Path, chief: 
         global_batch_size=global_batch,
         show_progress=chief and progress_wanted(),
         budget=budget,
+        phases=_fine_tuning_phases(config, model, splits.image_shape),
     )
     return _Training(
         config, strategy, run_dir, work_dir, chief, precision, splits, augmenter, model, optimizer, backups, trainer,
@@ -291,6 +295,13 @@ def _training_budget(config: RunConfig, splits, chief: bool, exporting: bool) ->
         exporting=exporting,
         chief=chief,
     )
+
+
+def _fine_tuning_phases(config: RunConfig, model: keras.Model, image_shape) -> finetune.FineTuningPhases | None:
+    if not config.train.freeze_backbone_epochs:
+        return None
+    backbone = finetune.backbone_layers(model, config.model, image_shape)
+    return finetune.FineTuningPhases(backbone, config.train.freeze_backbone_epochs)
 
 
 def _fit(training: _Training) -> float:
@@ -345,7 +356,7 @@ def _finish(training: _Training, train_seconds: float, started: float) -> RunSum
     if chief and (training.work_dir / BEST_WEIGHTS).exists():
         model.load_weights(training.work_dir / BEST_WEIGHTS)
     elif config.train.ema_decay:
-        getattr(optimizer, "inner_optimizer", optimizer).finalize_variable_values(model.trainable_variables)
+        getattr(optimizer, "inner_optimizer", optimizer).finalize_variable_values(averaged_variables(optimizer))
 
     logger.info("final weights fingerprint %s (worker %s)", weights_fingerprint(model), "chief" if chief else "non-chief")
     images_per_second = float(np.median([r.images_per_second for r in history])) if history else 0.0

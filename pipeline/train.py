@@ -23,14 +23,19 @@ import sys
 import time
 from dataclasses import dataclass, field
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 import architectures
+from architectures import pretrained
 from pipeline.budget import Measurements, Plan, job_seconds, plan_training
 from pipeline.config import ModelConfig, TrainConfig, use_small_input
+
+if TYPE_CHECKING:
+    from pipeline.finetune import FineTuningPhases
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +64,9 @@ def build_training_model(
     """Raw pixels in, class probabilities out: (batch, H, W, C) float 0..255 -> (batch, K) float32.
 
     The normalisation is a layer of the model, so every export (SavedModel, TFLite) carries
-    its own preprocessing and takes plain pixels. The final float32 cast keeps softmax
-    outputs in float32 under mixed precision. `batch_norm_momentum` (None: the builder's) and
+    its own preprocessing and takes plain pixels: the dataset's statistics, or with
+    keras.applications weights the preprocessing they were trained with. The final float32
+    cast keeps softmax outputs in float32 under mixed precision. `batch_norm_momentum` (None: the builder's) and
     `synchronized_batch_norm` (statistics over all replicas) apply to every BatchNorm layer.
     """
     backbone = architectures.build(
@@ -72,9 +78,12 @@ def build_training_model(
         **model_config.options,
     )
     pixels = keras.Input(shape=image_shape, name="pixels")
-    mean = np.asarray(channel_mean, dtype="float32")
-    variance = np.square(np.maximum(np.asarray(channel_std, dtype="float32"), 1e-3))
-    normalized = keras.layers.Normalization(mean=mean, variance=variance, name="normalize")(pixels)
+    if pretrained.preprocessing_for(model_config.arch, model_config.weights):
+        normalized = pixels  # the backbone starts with the weights' own preprocessing
+    else:
+        mean = np.asarray(channel_mean, dtype="float32")
+        variance = np.square(np.maximum(np.asarray(channel_std, dtype="float32"), 1e-3))
+        normalized = keras.layers.Normalization(mean=mean, variance=variance, name="normalize")(pixels)
     outputs = backbone(normalized)
     if isinstance(outputs, (list, tuple)):  # GoogLeNet's auxiliary heads are for the paper's training only
         outputs = outputs[0]
@@ -168,7 +177,8 @@ class _EMAWarmup:
         for variable, average in zip(trainable_variables, self._model_variables_moving_average):
             if average is not None:
                 momentum = keras.ops.cast(decay, variable.dtype)
-                average.assign(momentum * average + (1.0 - momentum) * variable)
+                # TF's ExponentialMovingAverage form: an unchanged (frozen) variable's average stays bit-exact.
+                average.assign(average - (1.0 - momentum) * (average - variable))
 
 
 class _DecayKernelsOnly:
@@ -283,7 +293,8 @@ class Trainer:
     `train_dataset_fn(epoch, skip_batches, input_context)` returns one epoch of per-replica
     batches (images float32 0..255, one-hot labels); `validation` is an unbatched dataset of
     (uint8 image, label). `on_backup(state)` is called where a backup is due;
-    `on_epoch_end(record, is_best)` after each validation.
+    `on_epoch_end(record, is_best)` after each validation. `phases` (fine-tuning) sets which
+    layers train in each epoch.
 
     With a `budget`, the first epoch measures the step and evaluation times, and the plan
     they give sets `epochs`, `steps_per_epoch` and the schedule's lengths (`pipeline/budget.py`).
@@ -301,6 +312,7 @@ class Trainer:
         global_batch_size: int,
         show_progress: bool,
         budget: TrainingBudget | None = None,
+        phases: FineTuningPhases | None = None,
     ):
         self.model = model
         self.optimizer = optimizer
@@ -315,6 +327,7 @@ class Trainer:
         self.stop_requests = StopRequests(strategy)
         loss = keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing, reduction=None)
         self._train_steps = compiled_train_steps(model, optimizer, strategy, loss, global_batch_size, config.jit_compile)
+        self.phases, self._loss = phases, loss
         self._eval_step = compiled_eval_step(model, strategy)
 
     def evaluate(self, dataset: tf.data.Dataset) -> tuple[float, float]:
@@ -325,7 +338,7 @@ class Trainer:
 
     def ema_weights(self):
         """Context manager: the EMA of the weights in the model while inside (no-op without EMA)."""
-        return ema_weights(self.model, self.optimizer) if self.config.ema_decay else contextlib.nullcontext()
+        return ema_weights(self.optimizer) if self.config.ema_decay else contextlib.nullcontext()
 
     def fit(
         self,
@@ -350,6 +363,10 @@ class Trainer:
 
     def _run_epoch(self, state, train_dataset_fn, validation, on_backup) -> EpochRecord:
         epoch, skip = state.epoch, state.step_in_epoch
+        if self.phases is not None and self.phases.enter(epoch):  # other variables train now: trace the step anew
+            self._train_steps = compiled_train_steps(
+                self.model, self.optimizer, self.strategy, self._loss, self.global_batch_size, self.config.jit_compile
+            )
         if skip:
             logger.info("resuming epoch %d at step %d of %d", epoch + 1, skip, self.steps_per_epoch)
         meter = EpochMeter(epoch, self.epochs, self.steps_per_epoch, self.optimizer, self.show_progress)
@@ -516,16 +533,25 @@ def evaluate_exactly(
 
 
 @contextlib.contextmanager
-def ema_weights(model: keras.Model, optimizer: keras.optimizers.Optimizer) -> Iterator[None]:
-    """The optimizer's EMA in the model's trainable variables while inside; the live weights after."""
-    optimizer = getattr(optimizer, "inner_optimizer", optimizer)
-    live_weights = [variable.numpy() for variable in model.trainable_variables]
-    optimizer.finalize_variable_values(model.trainable_variables)
+def ema_weights(optimizer: keras.optimizers.Optimizer) -> Iterator[None]:
+    """The optimizer's EMA in the model's variables while inside; the live weights after."""
+    variables = averaged_variables(optimizer)
+    live_weights = [variable.numpy() for variable in variables]
+    getattr(optimizer, "inner_optimizer", optimizer).finalize_variable_values(variables)
     try:
         yield
     finally:
-        for variable, value in zip(model.trainable_variables, live_weights):
+        for variable, value in zip(variables, live_weights):
             variable.assign(value)
+
+
+def averaged_variables(optimizer: keras.optimizers.Optimizer) -> list:
+    """The variables the optimizer was built with, in its order: the EMA's, frozen layers' included.
+
+    Not `model.trainable_variables`: Keras pairs each average with a variable by position, and a
+    frozen backbone (fine-tuning) leaves that list.
+    """
+    return list(getattr(optimizer, "inner_optimizer", optimizer)._trainable_variables)
 
 
 class StopRequests:

@@ -137,4 +137,7 @@ def test_bench_command_parses(argv):
 
 @pytest.mark.parametrize("path", sorted((REPO_ROOT / "configs").glob("*.yaml")), ids=lambda path: path.name)
 def test_every_recipe_loads_and_validates(path):
-    validate(load_config(str(path)))
+    config = load_config(str(path))
+    if config.data.dataset.startswith("folder:"):  # the user's photos (finetune_folder.yaml): a path on their machine
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, dataset="fashion_mnist"))
+    validate(config)

@@ -211,7 +211,8 @@ def test_user_error_is_a_value_error():
         ({"output_stride": 16.0}, "output_stride must be one of 8, 16, 32, got 16.0"),
         ({"attention": "transformer"}, r"attention must be None or one of 'se', 'cbam', got 'transformer'$"),
         ({"weights": "missing.h5"}, "weights file not found: missing.h5"),
-        ({"weights": "weights.npz"}, "weights must be None or a .h5, .weights.h5 or .keras file"),
+        ({"weights": "weights.npz"}, "weights must be None, 'imagenet' or a .h5, .weights.h5 or .keras file"),
+        ({"weights": "imagenet"}, "keras.applications publishes no ImageNet weights for resnet18"),
     ],
 )
 def test_impossible_arguments_raise_user_error(arguments, message):

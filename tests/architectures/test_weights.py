@@ -3,8 +3,11 @@
 Offline stand-in for the downloads: the real keras.applications model with every weight
 randomised (BatchNorm statistics and conv biases included), written in the legacy
 layer-name-keyed layout by Keras's own legacy writer. Our builder loads it and must give the
-same outputs within 1e-4.
+same outputs within 1e-4 on the same raw 0..255 pixels: keras.applications' model after its
+`preprocess_input`, or with its built-in preprocessing (ConvNeXt).
 """
+
+import logging
 
 import h5py
 import keras
@@ -19,16 +22,18 @@ from tests.architectures.keras_reference import randomise_weights
 
 INPUT_SHAPE = (64, 64, 3)
 
+# One variant per family keras.applications publishes weights for: (ours, keras's model, its preprocess_input).
 KERAS_APPLICATIONS = [
-    ("resnet50", lambda **kw: keras.applications.ResNet50(**kw)),
-    ("vgg16", lambda **kw: keras.applications.VGG16(**kw)),
-    ("densenet121", lambda **kw: keras.applications.DenseNet121(**kw)),
-    ("convnext_tiny", lambda **kw: keras.applications.ConvNeXtTiny(include_preprocessing=False, **kw)),
-    ("mobilenet_v2", lambda **kw: keras.applications.MobileNetV2(**kw)),
-    ("xception", lambda **kw: keras.applications.Xception(**kw)),
+    ("resnet50", keras.applications.ResNet50, keras.applications.resnet.preprocess_input),
+    ("vgg16", keras.applications.VGG16, keras.applications.vgg16.preprocess_input),
+    ("densenet121", keras.applications.DenseNet121, keras.applications.densenet.preprocess_input),
+    ("convnext_tiny", keras.applications.ConvNeXtTiny, keras.applications.convnext.preprocess_input),  # identity: inside the model
+    ("mobilenet_v1", keras.applications.MobileNet, keras.applications.mobilenet.preprocess_input),
+    ("mobilenet_v2", keras.applications.MobileNetV2, keras.applications.mobilenet_v2.preprocess_input),
+    ("xception", keras.applications.Xception, keras.applications.xception.preprocess_input),
 ]
 # Sizes each keras.applications model accepts and that keep the test light.
-TEST_SIZE = {"vgg16": (32, 32, 3), "mobilenet_v2": (96, 96, 3), "xception": (71, 71, 3)}
+TEST_SIZE = {"vgg16": (32, 32, 3), "densenet121": (32, 32, 3), "mobilenet_v1": (32, 32, 3), "mobilenet_v2": (32, 32, 3), "xception": (71, 71, 3)}
 
 
 @pytest.fixture(autouse=True)
@@ -42,8 +47,12 @@ def write_legacy_h5(model: keras.Model, path) -> None:
         legacy_h5_format.save_weights_to_hdf5_group(weights_file, model)
 
 
-@pytest.mark.parametrize("name, keras_builder", KERAS_APPLICATIONS, ids=[n for n, _ in KERAS_APPLICATIONS])
-def test_keras_applications_weights_give_identical_outputs(name, keras_builder, tmp_path):
+def raw_pixels(seed: int, shape: tuple[int, int, int], count: int = 2) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(0, 255, (count, *shape)).astype("float32")
+
+
+@pytest.mark.parametrize("name, keras_builder, preprocess_input", KERAS_APPLICATIONS, ids=[n for n, _, _ in KERAS_APPLICATIONS])
+def test_keras_applications_weights_give_identical_outputs_on_raw_pixels(name, keras_builder, preprocess_input, tmp_path):
     input_shape = TEST_SIZE.get(name, INPUT_SHAPE)
     reference = keras_builder(weights=None, input_shape=input_shape, classifier_activation=None)
     randomise_weights(reference, seed=0)
@@ -51,8 +60,8 @@ def test_keras_applications_weights_give_identical_outputs(name, keras_builder, 
     write_legacy_h5(reference, weights_path)
 
     ours = architectures.build(name, input_shape=input_shape, weights=str(weights_path), classifier_activation=None)
-    images = np.random.default_rng(1).uniform(-1, 1, (2, *input_shape)).astype("float32")
-    expected = np.asarray(reference(images, training=False))
+    images = raw_pixels(1, input_shape)
+    expected = np.asarray(reference(preprocess_input(images.copy()), training=False))
     logits = np.asarray(ours(images, training=False))
     scale = max(1.0, float(np.abs(expected).max()))
     np.testing.assert_allclose(logits, expected, atol=1e-4 * scale)
@@ -127,16 +136,31 @@ def test_headless_model_loads_backbone_from_full_file(tmp_path):
     write_legacy_h5(reference, weights_path)
     ours = architectures.build("densenet121", include_top=False, pooling="avg", input_shape=INPUT_SHAPE, weights=str(weights_path))
     reference_features = keras.Model(reference.input, reference.get_layer("avg_pool").output)
-    images = np.random.default_rng(5).uniform(-1, 1, (2, *INPUT_SHAPE)).astype("float32")
-    np.testing.assert_allclose(np.asarray(ours(images)), np.asarray(reference_features(images)), atol=1e-4)
+    images = raw_pixels(5, INPUT_SHAPE)
+    expected = reference_features(keras.applications.densenet.preprocess_input(images.copy()))
+    np.testing.assert_allclose(np.asarray(ours(images)), np.asarray(expected), atol=1e-4)
 
 
-def test_wrong_num_classes_names_the_layer(tmp_path):
-    reference = keras.applications.MobileNetV2(weights=None, input_shape=(96, 96, 3))
+def test_full_file_with_other_classes_loads_all_but_the_classifier_and_logs_it(tmp_path, caplog):
+    reference = keras.applications.MobileNetV2(weights=None, alpha=0.35, input_shape=(32, 32, 3))
+    randomise_weights(reference, seed=11)
     weights_path = tmp_path / "mobilenet_v2.h5"
     write_legacy_h5(reference, weights_path)
-    with pytest.raises(architectures.UserError, match=r"layer 'predictions' has weights of shapes .*num_classes"):
-        architectures.build("mobilenet_v2", num_classes=10, input_shape=(96, 96, 3), weights=str(weights_path))
+    with caplog.at_level(logging.INFO, logger="architectures.registry"):
+        ours = architectures.build("mobilenet_v2", num_classes=10, alpha=0.35, input_shape=(32, 32, 3), weights=str(weights_path))
+    assert "new: predictions" in caplog.text and "loaded 104 layers (Conv1 ... Conv_1_bn)" in caplog.text
+    for layer in ours.layers:
+        if layer.weights and layer.name != "predictions":
+            for loaded, written in zip(layer.get_weights(), reference.get_layer(layer.name).get_weights()):
+                np.testing.assert_array_equal(loaded, written, err_msg=layer.name)
+    assert ours.get_layer("predictions").kernel.shape == (1280, 10)
+
+
+def test_another_backbone_shape_is_still_refused(tmp_path):
+    weights_path = tmp_path / "mobilenet_v2.h5"
+    write_legacy_h5(keras.applications.MobileNetV2(weights=None, alpha=0.5, input_shape=(32, 32, 3)), weights_path)
+    with pytest.raises(architectures.UserError, match=r"layer 'block_1_project' has weights of shapes .* another variant"):
+        architectures.build("mobilenet_v2", num_classes=10, alpha=0.35, input_shape=(32, 32, 3), weights=str(weights_path))
 
 
 def test_file_for_another_architecture_is_refused(tmp_path):

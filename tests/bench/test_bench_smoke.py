@@ -1,4 +1,4 @@
-"""`python -m bench --quick` produces every table, well formed: BENCHMARKS.md with the six sections
+"""`python -m bench --quick` produces every table, well formed: BENCHMARKS.md with the seven sections
 and results.json with each table's keys. No assertion here is about speed: benchmarks are
 measured, not unit-tested."""
 
@@ -22,6 +22,7 @@ MEASURED_KEYS = {
     "time_to_accuracy": {"settings", "rows", "reference"},
     "exports": {"run_dir", "test_images", "keras_test_accuracy", "rows"},
     "gpu": {"settings", "devices", "rows"},
+    "finetune": {"settings", "pretrain", "rows", "tflite"},
 }
 
 

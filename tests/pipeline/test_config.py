@@ -133,7 +133,10 @@ def test_saved_yaml_round_trips(tmp_path):
 
 @pytest.mark.parametrize("recipe", sorted(p.name for p in (REPO_ROOT / "configs").glob("*.yaml")))
 def test_every_shipped_recipe_loads_and_validates(recipe):
-    validate(load_config(str(REPO_ROOT / "configs" / recipe)))
+    config = load_config(str(REPO_ROOT / "configs" / recipe))
+    if config.data.dataset.startswith("folder:"):  # the user's photos (finetune_folder.yaml): a path on their machine
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, dataset="fashion_mnist"))
+    validate(config)
 
 
 def test_default_recipe_file_equals_the_main_job():

@@ -106,7 +106,7 @@ def test_ema_weights_are_in_the_model_inside_the_context_and_the_live_weights_af
         optimizer.apply_gradients([(np.ones(v.shape, "float32"), v) for v in layer_model.trainable_variables])
     live = [v.numpy().copy() for v in layer_model.trainable_variables]
     averages = [a.numpy().copy() for a in optimizer._model_variables_moving_average]
-    with ema_weights(layer_model, optimizer):
+    with ema_weights(optimizer):
         for variable, average in zip(layer_model.trainable_variables, averages):
             np.testing.assert_array_equal(variable.numpy(), average)
     for variable, value in zip(layer_model.trainable_variables, live):
