@@ -37,6 +37,7 @@ TABLE_MODULES = {  # table name -> module, in run order (exports uses time_to_ac
     "exports": "bench.exports",
     "gpu": "bench.gpu",
     "finetune": "bench.finetune",
+    "preemption": "bench.preemption",
 }
 FULL_CACHE_DIR = Path("/tmp/convnets-bench")  # generated data (the JPEG folder); safe to delete
 FULL_RUNS_DIR = REPO_ROOT / "runs" / "bench"

@@ -94,6 +94,7 @@ class DistributeConfig:
     strategy: str = "auto"  # auto | default | one_device | mirrored | multi_worker (TF_CONFIG)
     cpu_replicas: int = 2  # logical CPU devices for "mirrored" on a machine without GPUs
     sync_batch_norm: bool = True  # batch statistics over all replicas, so N replicas train like one device
+    connect_timeout_seconds: float = 300.0  # multi-worker: wait this long for every other worker, then name the missing
 
 
 @dataclass(frozen=True)
@@ -322,6 +323,10 @@ def validate(config: RunConfig) -> None:
         _require(getattr(augment, key) >= 0, f"augment.{key} must be >= 0, got {getattr(augment, key)}")
     _require(0.0 <= augment.random_erasing <= 1.0, f"augment.random_erasing must be in [0, 1], got {augment.random_erasing}")
     _require(config.distribute.cpu_replicas >= 1, f"distribute.cpu_replicas must be >= 1, got {config.distribute.cpu_replicas}")
+    _require(
+        config.distribute.connect_timeout_seconds > 0,
+        f"distribute.connect_timeout_seconds must be > 0, got {config.distribute.connect_timeout_seconds}",
+    )
     _require(
         config.distribute.strategy in STRATEGIES,
         f"distribute.strategy must be one of {', '.join(STRATEGIES)}; got {config.distribute.strategy!r}",

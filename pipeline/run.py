@@ -47,7 +47,7 @@ from pipeline.saved_runs import (
     predict_probabilities,
 )
 from pipeline.strategy import describe as describe_strategy
-from pipeline.strategy import is_chief, make_strategy, strategy_name
+from pipeline.strategy import is_chief, make_strategy, refuse_a_different_config, strategy_name
 from pipeline.train import (
     EpochRecord,
     LoopState,
@@ -98,7 +98,10 @@ def train_run(config: RunConfig, *, resume: bool = False, overwrite: bool = Fals
     `exporting`: an export follows in the same job, so a time budget keeps time for it.
     """
     started = time.perf_counter()
-    strategy = make_strategy(config.distribute.strategy, config.distribute.cpu_replicas)
+    strategy = make_strategy(
+        config.distribute.strategy, config.distribute.cpu_replicas, config.distribute.connect_timeout_seconds
+    )
+    refuse_a_different_config(strategy, to_yaml(config))
     chief = is_chief(strategy)
     replicas = strategy.num_replicas_in_sync
     if config.train.batch_size % replicas:

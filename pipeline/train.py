@@ -41,7 +41,8 @@ logger = logging.getLogger(__name__)
 
 
 class TrainingStopped(Exception):
-    """Training ended early on purpose (preemption, Ctrl-C) or by divergence; `exit_code` for the CLI."""
+    """Training ended early on purpose or by divergence; `exit_code` for the CLI: 128 + the signal
+    after a stop request (143 for SIGTERM, 130 for Ctrl-C, a backup saved), 1 for divergence."""
 
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)
@@ -330,10 +331,12 @@ class Trainer:
         self.phases, self._loss = phases, loss
         self._eval_step = compiled_eval_step(model, strategy)
 
-    def evaluate(self, dataset: tf.data.Dataset) -> tuple[float, float]:
-        """Exact (loss, accuracy) over an unbatched (uint8 image, label) dataset, on all replicas."""
+    def evaluate(self, dataset: tf.data.Dataset) -> tuple[float, float] | None:
+        """Exact (loss, accuracy) over an unbatched (uint8 image, label) dataset, on all replicas;
+        None when the workers agreed to stop part-way."""
         return evaluate_exactly(
-            self._eval_step, self.strategy, dataset, global_batch_size=self.global_batch_size, num_classes=self.num_classes
+            self._eval_step, self.strategy, dataset, global_batch_size=self.global_batch_size, num_classes=self.num_classes,
+            stop_agreed=self.stop_requests.agreed,
         )
 
     def ema_weights(self):
@@ -391,8 +394,11 @@ class Trainer:
         del iterator, distributed  # released here, so a slow teardown shows in this epoch's seconds
         meter.end_training()
         with self.ema_weights():
-            val_loss, val_accuracy = self.evaluate(validation)
-        return meter.record(val_loss, val_accuracy)
+            validation_result = self.evaluate(validation)
+        if validation_result is None:  # stopped during validation: the epoch's steps are kept, validation reruns
+            on_backup(state)
+            raise self.stop_requests.stopped(epoch, state.step_in_epoch)
+        return meter.record(*validation_result)
 
     def _plan(self, state: LoopState, meter: EpochMeter) -> Plan:
         """The budget's plan from this worker's measurements, or the chief's under multi-worker."""
@@ -499,8 +505,10 @@ def evaluate_exactly(
     *,
     global_batch_size: int,
     num_classes: int,
-) -> tuple[float, float]:
-    """Exact (loss, accuracy) of an unbatched (uint8 image, label) dataset with `compiled_eval_step`.
+    stop_agreed: Callable[[], bool] = lambda: False,
+) -> tuple[float, float] | None:
+    """Exact (loss, accuracy) of an unbatched (uint8 image, label) dataset with `compiled_eval_step`,
+    or None as soon as `stop_agreed()` (polled after each batch, on every worker alike) says so.
 
     The dataset is padded with zero-weight examples to a multiple of the global batch, so
     every replica gets the same number of equal batches and no example is dropped or
@@ -528,6 +536,8 @@ def evaluate_exactly(
     totals = np.zeros(3)
     for batch in strategy.distribute_datasets_from_function(dataset_fn):
         totals += eval_step(batch).numpy()
+        if stop_agreed():
+            return None
     loss_sum, correct, examples = totals
     return loss_sum / max(examples, 1.0), correct / max(examples, 1.0)
 
@@ -555,10 +565,12 @@ def averaged_variables(optimizer: keras.optimizers.Optimizer) -> list:
 
 
 class StopRequests:
-    """SIGTERM (how clusters preempt) and Ctrl-C ask training to stop at the next step call.
+    """SIGTERM (how clusters preempt) and Ctrl-C ask training to stop at the next step call or
+    validation batch.
 
     Every worker agrees on the request before acting on it, so all of them back up at the same
-    step and exit together, whichever one was signalled.
+    step and exit together, whichever one was signalled. While signals are caught, a further
+    signal only sets the flag again: it cannot interrupt the backup being written.
     """
 
     def __init__(self, strategy: tf.distribute.Strategy):
@@ -590,9 +602,16 @@ class StopRequests:
         return bool(local)
 
     def stopped(self, epoch: int, step_in_epoch: int) -> TrainingStopped:
-        name = signal.Signals(self.signal_number).name if self.signal_number else "a stop request"
+        """The exception to raise once the backup is saved; waits first until every worker has saved,
+        so a scheduler that ends the job at the first exit (srun --kill-on-bad-exit) cuts no write short."""
+        if self.strategy.extended._in_multi_worker_mode():
+            _sum_over_workers(self.strategy, tf.constant(0.0))
+        if self.signal_number:
+            reason = f"received {signal.Signals(self.signal_number).name}"
+        else:
+            reason = "another worker was asked to stop"
         return TrainingStopped(
-            f"received {name}: saved a backup at epoch {epoch + 1} step {step_in_epoch}; "
+            f"{reason}: saved a backup at epoch {epoch + 1} step {step_in_epoch}; "
             "run the same command again to resume",
             exit_code=128 + (self.signal_number or signal.SIGTERM),
         )

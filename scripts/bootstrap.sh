@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Idempotent set-up for a fresh machine: Debian's Fashion-MNIST package and the
-# project's virtual environment (.venv, from requirements.txt). Cheap when done.
+# Idempotent set-up for a fresh machine: Debian's Fashion-MNIST package, Slurm and munge (the
+# test suite starts a one-node cluster of its own) and the project's virtual environment
+# (.venv, from requirements.txt). Cheap when done.
 set -euo pipefail
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo_root"
@@ -26,6 +27,22 @@ if fashion_mnist_missing; then
   fi
   echo "[bootstrap] warning: Fashion-MNIST is not in $fashion_mnist_dir: $missing_reason;" \
        "the pipeline will fall back to TFDS and the real-data tests skip" >&2
+fi
+
+# Slurm's daemons for tests/pipeline/test_slurm.py, which skips, naming this log, where they
+# cannot be installed; training itself never needs them. The variable is for test_bootstrap.py.
+slurm_sbin_dir="${CONVNETS_SLURM_SBIN_DIR:-/usr/sbin}"
+slurm_missing() { [ ! -x "$slurm_sbin_dir/slurmctld" ] || [ ! -x "$slurm_sbin_dir/munged" ]; }
+if slurm_missing && command -v apt-get >/dev/null 2>&1; then
+  sudo_cmd=""
+  if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then sudo_cmd="sudo"; fi
+  echo "[bootstrap] installing Debian packages slurm-wlm and munge (log: /tmp/convnets-apt-slurm.log)" >&2
+  { $sudo_cmd apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq slurm-wlm munge; } \
+    >/tmp/convnets-apt-slurm.log 2>&1 || true
+  if slurm_missing; then
+    echo "[bootstrap] warning: apt-get could not install slurm-wlm and munge (see /tmp/convnets-apt-slurm.log);" \
+         "the Slurm cluster test skips" >&2
+  fi
 fi
 
 python_bin="${PYTHON:-python3.11}"

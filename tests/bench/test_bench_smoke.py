@@ -1,4 +1,4 @@
-"""`python -m bench --quick` produces every table, well formed: BENCHMARKS.md with the seven sections
+"""`python -m bench --quick` produces every table, well formed: BENCHMARKS.md with every section
 and results.json with each table's keys. No assertion here is about speed: benchmarks are
 measured, not unit-tested."""
 
@@ -23,6 +23,7 @@ MEASURED_KEYS = {
     "exports": {"run_dir", "test_images", "keras_test_accuracy", "rows"},
     "gpu": {"settings", "devices", "rows"},
     "finetune": {"settings", "pretrain", "rows", "tflite"},
+    "preemption": {"settings", "rows", "median_seconds_to_exit", "max_steps_lost"},
 }
 
 
@@ -120,6 +121,8 @@ def test_quick_rows_hold_the_measured_figures(quick_output):
     assert rgb["status"] == "measured" and rgb["arch"] == "mobilenet_v2"
     int8 = {row["quantization"]: row for row in rgb["rows"]}["int8"]
     assert (int8["input_dtype"], int8["output_dtype"]) == ("int8", "int8") and 0.0 <= int8["top1_agreement"] <= 1.0
+    preemption = tables["preemption"]
+    assert preemption["max_steps_lost"] <= 1 and all(row["exit_codes"] == [143, 143] for row in preemption["rows"])
 
 
 @pytest.mark.slow

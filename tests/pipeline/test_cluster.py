@@ -16,7 +16,7 @@ import yaml
 import run_pipeline
 from architectures.errors import UserError
 from pipeline.cluster import parse_workers, worker_tf_config
-from pipeline.launch import launch
+from pipeline.launch import free_loopback_ports, launch
 from pipeline.strategy import make_strategy, slurm_cluster_resolver, strategy_name
 from tests.cli import TINY_RUN
 
@@ -316,3 +316,66 @@ def test_sbatch_script_runs_one_task_per_node_and_passes_its_arguments_to_train(
     assert "--ntasks-per-node=1" in directives and any(d.startswith("--nodes=") for d in directives)
     (launch_line,) = [line for line in script.splitlines() if line.startswith("srun ")]
     assert launch_line.endswith('run_pipeline.py train "$@"')
+
+
+# --- clear failures when a cluster does not form ---
+
+
+def start_workers(tf_configs: list[str], extra_arguments: list[list[str]]) -> list[subprocess.Popen]:
+    """`train --strategy multi_worker` processes with the given TF_CONFIGs; none needs data before
+    the cluster check."""
+    environment = {name: value for name, value in os.environ.items() if name not in SLURM_VARIABLES + ("TF_CONFIG",)}
+    return [
+        subprocess.Popen(
+            [sys.executable, str(REPO_ROOT / "run_pipeline.py"), "train", "--strategy", "multi_worker", *arguments],
+            cwd=REPO_ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env={**environment, "TF_CONFIG": tf_config, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        )
+        for tf_config, arguments in zip(tf_configs, extra_arguments)
+    ]
+
+
+def finish(processes: list[subprocess.Popen], timeout: float) -> list[tuple[int, str]]:
+    """(exit code, stderr) of each; kills what is still running after `timeout` seconds."""
+    try:
+        return [(process.wait(timeout=timeout), process.communicate()[1]) for process in processes]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+def test_a_worker_that_cannot_reach_the_cluster_names_the_missing_address_within_the_timeout(tmp_path):
+    """cluster-config's TF_CONFIG for 3 workers; only 2 start, the third address is a closed port."""
+    addresses = [f"localhost:{port}" for port in free_loopback_ports(3)]
+    tf_configs = [
+        subprocess.run([sys.executable, "run_pipeline.py", "cluster-config", "--workers", ",".join(addresses),
+                        "--index", str(index)], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
+        for index in range(2)
+    ]  # fmt: skip
+    arguments = ["--output-dir", str(tmp_path), "--set", "distribute.connect_timeout_seconds=8"]
+    results = finish(start_workers(tf_configs, [arguments, arguments]), timeout=90)
+    for code, stderr in results:
+        assert code == 2, stderr[-2000:]
+        last_line = stderr.strip().splitlines()[-1]
+        assert last_line.startswith("error: ") and "within distribute.connect_timeout_seconds=8" in last_line
+        assert f"could not reach worker 2 at {addresses[2]} within" in last_line  # and only that one
+        assert "Traceback" not in stderr
+
+
+def test_a_worker_started_with_a_different_config_is_refused_by_every_worker(tmp_path):
+    addresses = [f"localhost:{port}" for port in free_loopback_ports(2)]
+    common = ["--output-dir", str(tmp_path), "--set", "distribute.connect_timeout_seconds=60"]
+    results = finish(
+        start_workers([worker_tf_config(addresses, index) for index in range(2)],
+                      [common, [*common, "--set", "train.learning_rate=0.5"]]),
+        timeout=120,
+    )  # fmt: skip
+    for code, stderr in results:
+        assert code == 2, stderr[-2000:]
+        last_line = stderr.strip().splitlines()[-1]
+        assert last_line.startswith("error: worker 1 was started with a different config from the chief's"), last_line
+        assert "Traceback" not in stderr
+    assert not list(tmp_path.iterdir()), "a refused run wrote files"
+

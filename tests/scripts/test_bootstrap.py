@@ -1,6 +1,7 @@
-"""scripts/bootstrap.sh when Fashion-MNIST is missing: a copy of the script in a stand-in
+"""scripts/bootstrap.sh when Fashion-MNIST or Slurm is missing: a copy of the script in a stand-in
 repository whose virtual environment is up to date, with an apt-get that fails first on PATH
-and the dataset directory moved into tmp_path. Under CI=true a missing dataset fails the run."""
+and the dataset and Slurm directories moved into tmp_path. Under CI=true a missing dataset fails
+the run; a missing Slurm is only a warning."""
 
 import hashlib
 import os
@@ -31,9 +32,16 @@ def bootstrap(tmp_path):
         (fake_bin / name).write_text(f"#!/bin/sh\n{body}\n")
         (fake_bin / name).chmod(0o755)
 
+    slurm_sbin = tmp_path / "sbin"  # Slurm installed, unless a test empties it
+    slurm_sbin.mkdir()
+    for name in ("slurmctld", "munged"):
+        (slurm_sbin / name).write_text("#!/bin/sh\n")
+        (slurm_sbin / name).chmod(0o755)
+
     def run(ci: str | None) -> tuple[subprocess.CompletedProcess, list[str]]:
         environment = {key: value for key, value in os.environ.items() if key != "CI"}
-        environment.update(PATH=f"{fake_bin}:{os.environ['PATH']}", CONVNETS_FASHION_MNIST_DIR=str(tmp_path / "fashion-mnist"))
+        environment.update(PATH=f"{fake_bin}:{os.environ['PATH']}", CONVNETS_FASHION_MNIST_DIR=str(tmp_path / "fashion-mnist"),
+                           CONVNETS_SLURM_SBIN_DIR=str(slurm_sbin))
         if ci is not None:
             environment["CI"] = ci
         result = subprocess.run(
@@ -68,3 +76,16 @@ def test_an_installed_dataset_needs_no_apt_even_under_ci(bootstrap, tmp_path):
     result, apt_calls = bootstrap(ci="true")
     assert result.returncode == 0, result.stderr
     assert apt_calls == [] and result.stderr == ""
+
+
+def test_slurm_that_apt_cannot_install_is_a_warning_even_under_ci(bootstrap, tmp_path):
+    (tmp_path / "fashion-mnist").mkdir()
+    (tmp_path / "fashion-mnist" / "train-images-idx3-ubyte.gz").write_bytes(b"")
+    (tmp_path / "sbin" / "slurmctld").unlink()
+    result, apt_calls = bootstrap(ci="true")
+    assert result.returncode == 0, result.stderr
+    assert apt_calls == ["update -qq"]
+    lines = result.stderr.strip().splitlines()
+    assert lines[0].startswith("[bootstrap] installing Debian packages slurm-wlm and munge")
+    assert lines[-1].startswith("[bootstrap] warning: apt-get could not install slurm-wlm and munge")
+    assert lines[-1].endswith("the Slurm cluster test skips")
