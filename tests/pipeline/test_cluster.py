@@ -4,6 +4,7 @@ the Kubernetes template, Slurm detection under `strategy: auto` and the sbatch s
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -278,6 +279,10 @@ def test_auto_under_a_two_task_srun_step_trains_as_two_workers_with_task_0_the_c
 
 
 @pytest.mark.skipif(not FASHION_MNIST.exists(), reason="Debian's dataset-fashion-mnist is not installed")
+@pytest.mark.skipif(
+    shutil.which("slurmctld", path="/usr/sbin:/usr/bin") is not None,
+    reason="Slurm is installed: tests/pipeline/test_slurm.py trains under a real srun instead",
+)
 def test_train_under_a_two_task_srun_step_trains_both_tasks_alike_and_only_task_0_writes(tmp_path):
     base = consecutive_free_ports()
     scratch = tmp_path / "tmp"  # the tasks' TMPDIR: a non-chief task writes there and cleans up
