@@ -7,8 +7,10 @@ number of epochs and steps per epoch. The learning-rate schedule is then laid ov
 those steps, so warmup and decay end with the budget: Li, Yumer and Ramanan ("Budgeted
 Training", ICLR 2020) found that schedules decaying to zero at the budget's end work best.
 
-The plan is made once, agreed by every worker (the chief's measurements decide) and saved
-with each backup, so a resumed run keeps the plan it started with.
+The plan is made once, agreed by every worker (the chief's measurements decide), checked once
+against the first whole epoch run under it (whose clock includes backups and saving, which the
+first steps do not show: fewer epochs if the rest would overrun, never more), and saved with
+each backup, so a resumed run keeps the plan it had.
 """
 
 from __future__ import annotations
@@ -181,3 +183,12 @@ def plan_training(
         finish_seconds=reserve,
         planned_at=measured.elapsed,
     )
+
+
+def epochs_that_fit(plan: Plan, *, epochs_done: int, epoch_seconds: float, now: float) -> int:
+    """The plan's epochs, or fewer where the remaining ones at `epoch_seconds` each (a measured
+    whole epoch) would end the job after its budget; at least the epochs already done."""
+    safety = SAFETY_SECONDS + SAFETY_FRACTION * plan.budget_seconds
+    available = plan.budget_seconds - safety - now - plan.finish_seconds
+    more = max(0, math.floor(available / epoch_seconds)) if epoch_seconds > 0 else plan.epochs
+    return max(epochs_done, min(plan.epochs, epochs_done + more))

@@ -16,6 +16,7 @@ where a small model's step is a few milliseconds.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import signal
@@ -31,7 +32,7 @@ import tensorflow as tf
 
 import architectures
 from architectures import pretrained
-from pipeline.budget import Measurements, Plan, job_seconds, plan_training
+from pipeline.budget import Measurements, Plan, epochs_that_fit, job_seconds, plan_training
 from pipeline.config import ModelConfig, TrainConfig, use_small_input
 
 if TYPE_CHECKING:
@@ -352,16 +353,20 @@ class Trainer:
         on_backup: Callable[[LoopState], None],
         on_epoch_end: Callable[[EpochRecord, bool], None],
     ) -> LoopState:
+        plan_checked = state.plan is not None  # a resumed run keeps the plan it was saved with
         if state.plan is not None:
             self._follow(state.plan)
         with self.stop_requests.catching_signals():
             while state.epoch < self.epochs:
+                planned_before_epoch, epoch_started = state.plan is not None, time.perf_counter()
                 record = self._run_epoch(state, train_dataset_fn, validation, on_backup)
                 best = max((r.val_accuracy for r in state.history), default=-1.0)
                 state.history.append(record)
                 state.epoch, state.step_in_epoch = state.epoch + 1, 0
                 on_epoch_end(record, record.val_accuracy > best)
                 on_backup(state)
+                if self.budget and planned_before_epoch and not plan_checked:  # the next backup holds the result
+                    state.plan, plan_checked = self._checked_plan(state, time.perf_counter() - epoch_started), True
         return state
 
     def _run_epoch(self, state, train_dataset_fn, validation, on_backup) -> EpochRecord:
@@ -423,6 +428,28 @@ class Trainer:
             warmup_epochs=self.config.warmup_epochs,
         )
         logger.info("%s", plan.describe())
+        return plan
+
+    def _checked_plan(self, state: LoopState, epoch_seconds: float) -> Plan:
+        """The plan against the first whole epoch run under it, whose clock includes what the plan
+        could not see (backups, saving the best weights, a fresh input iterator): with fewer epochs
+        if the rest would overrun the budget, never with more."""
+        measured = np.array([epoch_seconds, job_seconds()])
+        if self.strategy.extended._in_multi_worker_mode():
+            chief_only = measured if self.budget.chief else np.zeros_like(measured)
+            measured = _sum_over_workers(self.strategy, tf.constant(chief_only)).numpy()
+        plan = state.plan
+        epochs = epochs_that_fit(plan, epochs_done=state.epoch, epoch_seconds=float(measured[0]), now=float(measured[1]))
+        if epochs >= plan.epochs:
+            logger.info("time budget: epoch %d took %.1f s, as planned; keeping %d epochs", state.epoch, measured[0], plan.epochs)
+            return plan
+        logger.info(
+            "time budget: epoch %d took %.1f s against %.1f s planned; the rest now runs %d epochs in all, not %d",
+            state.epoch, measured[0], plan.seconds_per_step * plan.steps_per_epoch + plan.seconds_per_validation,
+            epochs, plan.epochs,
+        )  # fmt: skip
+        plan = dataclasses.replace(plan, epochs=epochs, warmup_steps=min(plan.warmup_steps, epochs * plan.steps_per_epoch - 1))
+        self._follow(plan)
         return plan
 
     def _follow(self, plan: Plan) -> None:

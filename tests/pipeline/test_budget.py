@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from architectures.errors import UserError
-from pipeline.budget import Measurements, Plan, parse_duration, plan_training
+from pipeline.budget import Measurements, Plan, epochs_that_fit, parse_duration, plan_training
 from pipeline.checkpoints import BackupManager
 from pipeline.config import TrainConfig
 from pipeline.train import LoopState, Trainer, TrainingBudget, WarmupThenDecay, learning_rate_schedule, make_optimizer
@@ -160,3 +160,13 @@ def test_a_hopeless_budget_is_one_line_exit_2_and_leaves_no_run_directory(tmp_pa
     assert hopeless.stderr.strip().splitlines()[-1].startswith("error: train.time_budget 3 s is too small")
     assert "Traceback" not in hopeless.stderr
     assert not (tmp_path / "hopeless").exists()
+
+
+def test_the_plan_is_cut_to_the_epochs_a_measured_whole_epoch_leaves_room_for_and_never_grows():
+    plan = _plan()  # 10 epochs of 466 steps, 60 s kept for the finish, a safety of 23 s
+    # At 150 s of the job with 3 epochs done, 600 - 23 - 150 - 60 = 367 s remain: 7 more epochs
+    # of 50 s fit (350 s), 7 of 53 s do not (371 s).
+    assert epochs_that_fit(plan, epochs_done=3, epoch_seconds=50.0, now=150.0) == 10
+    assert epochs_that_fit(plan, epochs_done=3, epoch_seconds=53.0, now=150.0) == 9
+    assert epochs_that_fit(plan, epochs_done=3, epoch_seconds=20.0, now=150.0) == 10  # never more than planned
+    assert epochs_that_fit(plan, epochs_done=3, epoch_seconds=500.0, now=550.0) == 3  # never fewer than done
