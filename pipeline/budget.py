@@ -8,8 +8,9 @@ those steps, so warmup and decay end with the budget: Li, Yumer and Ramanan ("Bu
 Training", ICLR 2020) found that schedules decaying to zero at the budget's end work best.
 
 The plan is made once, agreed by every worker (the chief's measurements decide), checked once
-against the first whole epoch run under it (whose clock includes backups and saving, which the
-first steps do not show: fewer epochs if the rest would overrun, never more), and saved with
+against the faster of the first two whole epochs run under it (whose clocks include backups
+and saving, which the first steps do not show: fewer epochs if the rest would overrun, never
+more), and saved with
 each backup, so a resumed run keeps the plan it had.
 """
 

@@ -356,6 +356,7 @@ class Trainer:
         plan_checked = state.plan is not None  # a resumed run keeps the plan it was saved with
         if state.plan is not None:
             self._follow(state.plan)
+        planned_epoch_seconds: list[float] = []  # whole epochs run under the plan, backups and saving included
         with self.stop_requests.catching_signals():
             while state.epoch < self.epochs:
                 planned_before_epoch, epoch_started = state.plan is not None, time.perf_counter()
@@ -365,8 +366,12 @@ class Trainer:
                 state.epoch, state.step_in_epoch = state.epoch + 1, 0
                 on_epoch_end(record, record.val_accuracy > best)
                 on_backup(state)
-                if self.budget and planned_before_epoch and not plan_checked:  # the next backup holds the result
-                    state.plan, plan_checked = self._checked_plan(state, time.perf_counter() - epoch_started), True
+                if self.budget and planned_before_epoch and not plan_checked:
+                    planned_epoch_seconds.append(time.perf_counter() - epoch_started)
+                    if len(planned_epoch_seconds) == self.PLAN_CHECK_EPOCHS or state.epoch == self.epochs:
+                        # The faster of the first whole epochs: a one-off slow epoch (another process)
+                        # does not cut the plan; what every epoch pays still shows. The next backup holds it.
+                        state.plan, plan_checked = self._checked_plan(state, min(planned_epoch_seconds)), True
         return state
 
     def _run_epoch(self, state, train_dataset_fn, validation, on_backup) -> EpochRecord:
@@ -430,8 +435,10 @@ class Trainer:
         logger.info("%s", plan.describe())
         return plan
 
+    PLAN_CHECK_EPOCHS = 2  # whole epochs under a budget's plan before it is checked
+
     def _checked_plan(self, state: LoopState, epoch_seconds: float) -> Plan:
-        """The plan against the first whole epoch run under it, whose clock includes what the plan
+        """The plan against the first whole epochs run under it, whose clock includes what the plan
         could not see (backups, saving the best weights, a fresh input iterator): with fewer epochs
         if the rest would overrun the budget, never with more."""
         measured = np.array([epoch_seconds, job_seconds()])
@@ -441,11 +448,11 @@ class Trainer:
         plan = state.plan
         epochs = epochs_that_fit(plan, epochs_done=state.epoch, epoch_seconds=float(measured[0]), now=float(measured[1]))
         if epochs >= plan.epochs:
-            logger.info("time budget: epoch %d took %.1f s, as planned; keeping %d epochs", state.epoch, measured[0], plan.epochs)
+            logger.info("time budget: a whole epoch took %.1f s; keeping the plan's %d epochs", measured[0], plan.epochs)
             return plan
         logger.info(
-            "time budget: epoch %d took %.1f s against %.1f s planned; the rest now runs %d epochs in all, not %d",
-            state.epoch, measured[0], plan.seconds_per_step * plan.steps_per_epoch + plan.seconds_per_validation,
+            "time budget: a whole epoch took %.1f s against %.1f s planned; the run now has %d epochs in all, not %d",
+            measured[0], plan.seconds_per_step * plan.steps_per_epoch + plan.seconds_per_validation,
             epochs, plan.epochs,
         )  # fmt: skip
         plan = dataclasses.replace(plan, epochs=epochs, warmup_steps=min(plan.warmup_steps, epochs * plan.steps_per_epoch - 1))
