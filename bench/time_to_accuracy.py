@@ -137,21 +137,11 @@ def measure_budget_check(context: BenchContext) -> dict[str, Any]:
         "run_pipeline.py", "train", "--time-budget", budget, "--output-dir", _display_path(context.runs_dir),
         "--run-name", run_dir.name, "--overwrite", *(QUICK_BUDGET_ARGUMENTS if context.quick else ()),
     )  # fmt: skip
-    log_path = context.runs_dir / "budget-check.log"
-    timeout = QUICK_TIMEOUT_SECONDS if context.quick else FULL_TIMEOUT_SECONDS
-    returncode, wall_seconds, cores = _run_pinned([sys.executable, *arguments], log_path, timeout)
-    check: dict[str, Any] = {
-        "budget": budget,
-        "command": shlex.join(["python", *arguments]),
-        "cores": cores,
-        "returncode": returncode,
-        "wall_seconds": round(wall_seconds, 1),
-        "log": _display_path(log_path),
-    }
-    if returncode == 0:
+    check = {"budget": budget, **_timed_run(arguments, context.runs_dir / "budget-check.log", context.quick)}
+    if check["returncode"] == 0:
         result = _pipeline_result(run_dir)
         check.update(test_accuracy=result["test_accuracy"], epochs=result["epochs"], plan=result["plan"])
-    logger.info("budget check %s: exit %d after %.1f s", budget, returncode, wall_seconds)
+    logger.info("budget check %s: exit %d after %.1f s", budget, check["returncode"], check["wall_seconds"])
     return check
 
 
@@ -196,18 +186,9 @@ def measure_recipe(recipe: Recipe, seeds: tuple[int, ...], context: BenchContext
 def measure_run(recipe: Recipe, seed: int, context: BenchContext) -> dict[str, Any]:
     arguments, result = recipe.for_seed(seed, context.runs_dir)
     log_path = context.runs_dir / (f"{recipe.key}.log" if seed == 0 else f"{recipe.key}-seed{seed}.log")
-    command = [sys.executable, *arguments]
     logger.info("time to accuracy %s seed %d: %s (log %s)", recipe.key, seed, shlex.join(["python", *arguments]), log_path)
-    timeout = QUICK_TIMEOUT_SECONDS if context.quick else FULL_TIMEOUT_SECONDS
-    returncode, wall_seconds, cores = _run_pinned(command, log_path, timeout)
-    run: dict[str, Any] = {
-        "seed": seed,
-        "command": shlex.join(["python", *arguments]),
-        "cores": cores,
-        "returncode": returncode,
-        "wall_seconds": round(wall_seconds, 1),
-        "log": _display_path(log_path),
-    }
+    run = {"seed": seed, **_timed_run(arguments, log_path, context.quick)}
+    returncode, wall_seconds = run["returncode"], run["wall_seconds"]
     if returncode != 0:
         tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
         run["error"] = " | ".join(tail)
@@ -221,6 +202,19 @@ def measure_run(recipe: Recipe, seed: int, context: BenchContext) -> dict[str, A
 
 def _meets_goal(test_accuracy: float, wall_seconds: float) -> bool:
     return test_accuracy >= GOAL_ACCURACY and wall_seconds <= GOAL_SECONDS
+
+
+def _timed_run(arguments: tuple[str, ...], log_path: Path, quick: bool) -> dict[str, Any]:
+    """`python ARGUMENTS` pinned to CORES cores, its output in `log_path`: the command, cores, exit code and wall seconds."""
+    timeout = QUICK_TIMEOUT_SECONDS if quick else FULL_TIMEOUT_SECONDS
+    returncode, wall_seconds, cores = _run_pinned([sys.executable, *arguments], log_path, timeout)
+    return {
+        "command": shlex.join(["python", *arguments]),
+        "cores": cores,
+        "returncode": returncode,
+        "wall_seconds": round(wall_seconds, 1),
+        "log": _display_path(log_path),
+    }
 
 
 def _run_pinned(command: list[str], log_path: Path, timeout: float) -> tuple[int, float, int]:
