@@ -9,11 +9,12 @@ from __future__ import annotations
 import getpass
 import os
 import shutil
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from pipeline.launch import free_loopback_ports
 
 DAEMONS = ("munged", "mungekey", "slurmctld", "slurmd", "srun", "sinfo")
 NODE_NAME = "localhost"  # the step's node list: SlurmClusterResolver turns it into worker addresses
@@ -57,19 +58,6 @@ def _find(name: str) -> str | None:
     return shutil.which(name) or next(
         (str(path) for path in (Path("/usr/sbin") / name, Path("/sbin") / name) if path.is_file()), None
     )
-
-
-def _free_ports(count: int) -> list[int]:
-    sockets = []
-    try:
-        for _ in range(count):
-            listener = socket.socket()
-            listener.bind(("127.0.0.1", 0))
-            sockets.append(listener)
-        return [listener.getsockname()[1] for listener in sockets]
-    finally:
-        for listener in sockets:
-            listener.close()
 
 
 def slurm_conf(directory: Path, user: str, controller_port: int, node_port: int, step_ports: tuple[int, int]) -> str:
@@ -123,7 +111,7 @@ def start_cluster(directory: Path) -> SlurmCluster:
     directory.chmod(0o700)  # munged refuses a key or socket in a directory others can write
     for name in ("state", "spool"):
         (directory / name).mkdir(exist_ok=True)
-    controller_port, node_port, step_base = _free_ports(3)
+    controller_port, node_port, step_base = free_loopback_ports(3)
     step_ports = (20000 + step_base % 20000, 20000 + step_base % 20000 + 99)
     conf = directory / "slurm.conf"
     conf.write_text(slurm_conf(directory, getpass.getuser(), controller_port, node_port, step_ports))
