@@ -418,10 +418,7 @@ class Trainer:
         probe_started = time.perf_counter()
         self.evaluate(probe)
         per_eval_image = (time.perf_counter() - probe_started) / self.budget.validation_probe_images
-        measured = np.array([job_seconds(), seconds_per_step, per_eval_image])
-        if self.strategy.extended._in_multi_worker_mode():
-            chief_only = measured if self.budget.chief else np.zeros_like(measured)
-            measured = _sum_over_workers(self.strategy, tf.constant(chief_only)).numpy()
+        measured = self._chiefs(np.array([job_seconds(), seconds_per_step, per_eval_image]))
         plan = plan_training(
             budget_seconds=self.budget.seconds,
             measured=Measurements(*(float(value) for value in measured)),
@@ -441,10 +438,7 @@ class Trainer:
         """The plan against the first whole epochs run under it, whose clock includes what the plan
         could not see (backups, saving the best weights, a fresh input iterator): with fewer epochs
         if the rest would overrun the budget, never with more."""
-        measured = np.array([epoch_seconds, job_seconds()])
-        if self.strategy.extended._in_multi_worker_mode():
-            chief_only = measured if self.budget.chief else np.zeros_like(measured)
-            measured = _sum_over_workers(self.strategy, tf.constant(chief_only)).numpy()
+        measured = self._chiefs(np.array([epoch_seconds, job_seconds()]))
         plan = state.plan
         epochs = epochs_that_fit(plan, epochs_done=state.epoch, epoch_seconds=float(measured[0]), now=float(measured[1]))
         if epochs >= plan.epochs:
@@ -458,6 +452,13 @@ class Trainer:
         plan = dataclasses.replace(plan, epochs=epochs, warmup_steps=min(plan.warmup_steps, epochs * plan.steps_per_epoch - 1))
         self._follow(plan)
         return plan
+
+    def _chiefs(self, measured: np.ndarray) -> np.ndarray:
+        """The chief's `measured` on every worker (a collective call under multi-worker), so all plan alike."""
+        if not self.strategy.extended._in_multi_worker_mode():
+            return measured
+        chief_only = measured if self.budget.chief else np.zeros_like(measured)
+        return _sum_over_workers(self.strategy, tf.constant(chief_only)).numpy()
 
     def _follow(self, plan: Plan) -> None:
         self.epochs, self.steps_per_epoch = plan.epochs, plan.steps_per_epoch
