@@ -34,6 +34,7 @@ TABLE_MODULES = {  # table name -> module, in run order (exports uses time_to_ac
     "pipeline": "bench.input_pipeline",
     "data_scale": "bench.data_scale",
     "time_to_accuracy": "bench.time_to_accuracy",
+    "budget_sweep": "bench.budget_sweep",
     "exports": "bench.exports",
     "gpu": "bench.gpu",
     "finetune": "bench.finetune",

@@ -159,9 +159,11 @@ class TrainingProbe:
         calls_per_epoch: int = 2,
         strategy: Any = None,  # tf.distribute.Strategy; None: the default strategy
     ):
+        import numpy as np
         import tensorflow as tf
 
         from pipeline.config import ModelConfig
+        from pipeline.data import array_split, evaluation_images
         from pipeline.train import Trainer, build_training_model, make_optimizer, resolve_precision
 
         self.strategy = strategy or tf.distribute.get_strategy()
@@ -186,8 +188,9 @@ class TrainingProbe:
             steps_per_epoch=steps_per_epoch, global_batch_size=self.global_batch_size, show_progress=False,
         )  # fmt: skip
         # One batch to validate on after each epoch (outside the timed calls), as fit requires.
-        self.validation = tf.data.Dataset.from_tensor_slices(
-            (tf.zeros((self.global_batch_size, *image_shape), tf.uint8), tf.zeros((self.global_batch_size,), tf.int64))
+        self.validation = evaluation_images(
+            array_split(np.zeros((self.global_batch_size, *image_shape), np.uint8), np.zeros(self.global_batch_size, np.int64), None),
+            in_memory=False,
         )
 
     def synthetic_batches(self, epoch: int, skip_batches: int, input_context: Any) -> Any:

@@ -5,7 +5,9 @@ Loaders, each on the same images and with the same caching:
   conversion, augmentation, prefetch), as `pipeline/run.py` trains;
 - `keras.utils.image_dataset_from_directory` (the folder only), with the same augmentation
   function mapped over its batches;
-- bare decoding: `tf.io.read_file` and `tf.io.decode_jpeg` alone, in parallel, over the files.
+- bare loops over the same files, in parallel: `tf.io.read_file` and `tf.io.decode_jpeg` alone
+  (the floor of streaming), and the same plus a bilinear resize to the row's size rounded to
+  uint8 (the least any loader must do to hand out images of that size).
 Sources: Fashion-MNIST (IDX files, 28x28x1, in memory) and a folder of JPEGs written once from
 Fashion-MNIST (`folder_images` files, upscaled to `folder_file_side` px RGB, quality 90), read at
 each of `folder_sizes`: streamed (ours with `data.cache: none`, keras's loader as it is: both
@@ -38,6 +40,7 @@ logger = logging.getLogger(__name__)
 JPEG_QUALITY = 90
 DEFAULT_MODEL = "resnet20"
 OURS, KERAS = "ours (data.epoch_pipelines)", "keras image_dataset_from_directory"
+BARE_DECODE, BARE_RESIZE = "tf.io.decode_jpeg only", "tf.io.decode_jpeg + resize"
 CACHINGS = {"none": "streamed", "memory": "in memory"}  # data.cache -> how the table says it
 
 
@@ -88,7 +91,6 @@ def run(context: BenchContext) -> dict[str, Any]:
     load_seconds = time.perf_counter() - started
     rows = _fashion_mnist_rows(fashion, fashion_config, load_seconds, augmentations, settings)
     folder = jpeg_folder(context.cache_dir, fashion, settings.folder_images, settings.folder_file_side)
-    rows.append(_bare_decode_row(folder, settings))
     folder_augmentations = {name: augmentations[name] for name in ("off", "pad-crop+flip+RandAugment")}
     for size in settings.folder_sizes:
         rows += _folder_rows(folder, size, folder_augmentations, settings)
@@ -195,6 +197,8 @@ def _row(
         "first_epoch_images_per_second": round(first_rate, 1),
         "steady_images_per_second": round(median(steady), 1),
         "steady_vs_keras": None,
+        "steady_vs_bare_decode": None,
+        "steady_vs_bare_resize": None,
         "repeats": len(steady),
     }
 
@@ -248,8 +252,9 @@ def _folder_rows(folder: Path, size: int, augmentations: dict, settings) -> list
     """Ours and keras's loader at one size, both streamed; ours again with the images in memory.
 
     Streamed, both decode every file every epoch: like with like, their later epochs alternate,
-    for the ratio. Keras's loader has no in-memory mode of the same work (`.cache()` on its
-    batches would freeze the first epoch's batches and order), so ours in memory stands alone.
+    for the ratios; without augmentation the two bare loops alternate with them. Keras's loader
+    has no in-memory mode of the same work (`.cache()` on its batches would freeze the first
+    epoch's batches and order), so ours in memory stands alone.
     """
     from pipeline import data
     from pipeline.config import DataConfig
@@ -268,31 +273,37 @@ def _folder_rows(folder: Path, size: int, augmentations: dict, settings) -> list
                 rows.append(_row("JPEG folder", size, OURS, name, first, [later() for _ in range(settings.repeats)], caching))
                 continue
             keras_loader, keras_setup_seconds = _keras_epochs(folder, size, len(splits.class_names), augment_config, settings.batch_size)
-            firsts = {"ours": _first_epoch(ours, load_seconds), "keras": _first_epoch(keras_loader, keras_setup_seconds)}
-            steady = alternate({"ours": _later_epochs(ours), "keras": _later_epochs(keras_loader)}, settings.repeats)
-            our_row = _row("JPEG folder", size, OURS, name, firsts["ours"], steady["ours"], caching)
-            our_row["steady_vs_keras"] = round(paired_ratio(steady["ours"], steady["keras"]), 3)
-            rows += [our_row, _row("JPEG folder", size, KERAS, name, firsts["keras"], steady["keras"], caching)]
+            loaders = {OURS: (ours, load_seconds), KERAS: (keras_loader, keras_setup_seconds)}
+            if augment_config is None:
+                loaders[BARE_DECODE] = (_bare_epochs(folder, None, settings.batch_size), 0.0)
+                loaders[BARE_RESIZE] = (_bare_epochs(folder, size, settings.batch_size), 0.0)
+            firsts = {loader: _first_epoch(make_epoch, setup) for loader, (make_epoch, setup) in loaders.items()}
+            steady = alternate({loader: _later_epochs(make_epoch) for loader, (make_epoch, _) in loaders.items()}, settings.repeats)
+            loader_rows = {loader: _row("JPEG folder", size, loader, name if loader in (OURS, KERAS) else "-",
+                                        firsts[loader], steady[loader], caching) for loader in loaders}  # fmt: skip
+            for key, loader in (("steady_vs_keras", KERAS), ("steady_vs_bare_decode", BARE_DECODE), ("steady_vs_bare_resize", BARE_RESIZE)):
+                if loader in loaders:
+                    loader_rows[OURS][key] = round(paired_ratio(steady[OURS], steady[loader]), 3)
+            rows += loader_rows.values()
     return rows
 
 
-def _bare_decode_row(folder: Path, settings: PipelineSettings) -> dict:
-    """`tf.io.read_file` and `tf.io.decode_jpeg` over the folder's files, in parallel: the floor of streaming."""
+def _bare_epochs(folder: Path, size: int | None, batch_size: int) -> EpochMaker:
+    """`tf.io.read_file` and `tf.io.decode_jpeg` over the folder's files in parallel, then with `size`
+    a bilinear resize to (size, size) rounded to uint8; batched, nothing else."""
     import tensorflow as tf
 
     paths = [str(path) for path in sorted(folder.rglob("*.jpg"))]
 
+    def load(path: tf.Tensor) -> tf.Tensor:
+        image = tf.io.decode_jpeg(tf.io.read_file(path), channels=3)
+        return image if size is None else tf.cast(tf.image.resize(image, (size, size)) + 0.5, tf.uint8)
+
     def make_epoch(epoch: int) -> Any:
         files = tf.data.Dataset.from_tensor_slices(paths)
-        decoded = files.map(
-            lambda path: tf.io.decode_jpeg(tf.io.read_file(path), channels=3), num_parallel_calls=tf.data.AUTOTUNE
-        )
-        return decoded.batch(settings.batch_size).prefetch(tf.data.AUTOTUNE)
+        return files.map(load, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
-    first = _first_epoch(make_epoch, 0.0)
-    later = _later_epochs(make_epoch)
-    steady = [later() for _ in range(settings.repeats)]
-    return _row("JPEG folder", f"{settings.folder_file_side} (file)", "tf.io.decode_jpeg only", "-", first, steady, CACHINGS["none"])
+    return make_epoch
 
 
 def _vs_training(splits: Any, data_config: Any, settings: PipelineSettings) -> dict[str, Any]:

@@ -91,7 +91,7 @@ class Recipe:
         seed_arguments = ("--seed", str(seed)) if seed else ()
         if self.run_name is None:
             result = runs_dir / (KERAS_RESULT if seed == 0 else KERAS_RESULT.replace(".json", f"-seed{seed}.json"))
-            return (*self.arguments, "--output", _display_path(result), *seed_arguments), result
+            return (*self.arguments, "--output", display_path(result), *seed_arguments), result
         run_name = self.run_name if seed == 0 else f"{self.run_name}-seed{seed}"
         # Named only where run_pipeline.py would name it otherwise: seed 0's default run is the user's command.
         name_arguments = ("--run-name", run_name) if run_name != DEFAULT_RUN_NAME else ()
@@ -99,7 +99,7 @@ class Recipe:
 
 
 def recipes(runs_dir: Path, quick: bool) -> list[Recipe]:
-    pipeline_extra = ("--output-dir", _display_path(runs_dir), "--overwrite", *(QUICK_TRAIN_ARGUMENTS if quick else ()))
+    pipeline_extra = ("--output-dir", display_path(runs_dir), "--overwrite", *(QUICK_TRAIN_ARGUMENTS if quick else ()))
     return [
         Recipe(
             "default", "(a) default recipe: the main job, resnet20 in a 10-minute budget, exported",
@@ -134,12 +134,12 @@ def measure_budget_check(context: BenchContext) -> dict[str, Any]:
     budget = QUICK_BUDGET_CHECK if context.quick else BUDGET_CHECK
     run_dir = context.runs_dir / "budget-check"
     arguments = (
-        "run_pipeline.py", "train", "--time-budget", budget, "--output-dir", _display_path(context.runs_dir),
+        "run_pipeline.py", "train", "--time-budget", budget, "--output-dir", display_path(context.runs_dir),
         "--run-name", run_dir.name, "--overwrite", *(QUICK_BUDGET_ARGUMENTS if context.quick else ()),
     )  # fmt: skip
-    check = {"budget": budget, **_timed_run(arguments, context.runs_dir / "budget-check.log", context.quick)}
+    check = {"budget": budget, **timed_run(arguments, context.runs_dir / "budget-check.log", context.quick)}
     if check["returncode"] == 0:
-        result = _pipeline_result(run_dir)
+        result = pipeline_result(run_dir)
         check.update(test_accuracy=result["test_accuracy"], epochs=result["epochs"], plan=result["plan"])
     logger.info("budget check %s: exit %d after %.1f s", budget, check["returncode"], check["wall_seconds"])
     return check
@@ -187,14 +187,14 @@ def measure_run(recipe: Recipe, seed: int, context: BenchContext) -> dict[str, A
     arguments, result = recipe.for_seed(seed, context.runs_dir)
     log_path = context.runs_dir / (f"{recipe.key}.log" if seed == 0 else f"{recipe.key}-seed{seed}.log")
     logger.info("time to accuracy %s seed %d: %s (log %s)", recipe.key, seed, shlex.join(["python", *arguments]), log_path)
-    run = {"seed": seed, **_timed_run(arguments, log_path, context.quick)}
+    run = {"seed": seed, **timed_run(arguments, log_path, context.quick)}
     returncode, wall_seconds = run["returncode"], run["wall_seconds"]
     if returncode != 0:
         tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
         run["error"] = " | ".join(tail)
         logger.warning("time to accuracy %s seed %d failed (exit %d): %s", recipe.key, seed, returncode, run["error"])
         return run
-    run.update(_keras_result(result) if recipe.run_name is None else _pipeline_result(result))
+    run.update(keras_result(result) if recipe.run_name is None else pipeline_result(result))
     run["goal_met"] = _meets_goal(run["test_accuracy"], wall_seconds)
     logger.info("time to accuracy %s seed %d: %.2f%% in %.0f s", recipe.key, seed, 100 * run["test_accuracy"], wall_seconds)
     return run
@@ -204,7 +204,7 @@ def _meets_goal(test_accuracy: float, wall_seconds: float) -> bool:
     return test_accuracy >= GOAL_ACCURACY and wall_seconds <= GOAL_SECONDS
 
 
-def _timed_run(arguments: tuple[str, ...], log_path: Path, quick: bool) -> dict[str, Any]:
+def timed_run(arguments: tuple[str, ...], log_path: Path, quick: bool) -> dict[str, Any]:
     """`python ARGUMENTS` pinned to CORES cores, its output in `log_path`: the command, cores, exit code and wall seconds."""
     timeout = QUICK_TIMEOUT_SECONDS if quick else FULL_TIMEOUT_SECONDS
     returncode, wall_seconds, cores = _run_pinned([sys.executable, *arguments], log_path, timeout)
@@ -213,7 +213,7 @@ def _timed_run(arguments: tuple[str, ...], log_path: Path, quick: bool) -> dict[
         "cores": cores,
         "returncode": returncode,
         "wall_seconds": round(wall_seconds, 1),
-        "log": _display_path(log_path),
+        "log": display_path(log_path),
     }
 
 
@@ -238,7 +238,7 @@ def _run_pinned(command: list[str], log_path: Path, timeout: float) -> tuple[int
     return returncode, time.perf_counter() - started, len(pinned)
 
 
-def _pipeline_result(run_dir: Path) -> dict[str, Any]:
+def pipeline_result(run_dir: Path) -> dict[str, Any]:
     metrics = json.loads((run_dir / "metrics.json").read_text())
     run_facts = metrics.get("run", {})
     curve, clock = [], 0.0
@@ -251,13 +251,13 @@ def _pipeline_result(run_dir: Path) -> dict[str, Any]:
         "train_seconds": run_facts.get("train_seconds"),
         "epochs": run_facts.get("epochs"),
         "images_per_second": run_facts.get("images_per_second"),
-        "run_dir": _display_path(run_dir),
+        "run_dir": display_path(run_dir),
         "curve": curve,
         "plan": run_facts.get("time_budget_plan"),
     }
 
 
-def _keras_result(path: Path) -> dict[str, Any]:
+def keras_result(path: Path) -> dict[str, Any]:
     result = json.loads(path.read_text())
     return {
         "test_accuracy": result["test_accuracy"],
@@ -269,7 +269,7 @@ def _keras_result(path: Path) -> dict[str, Any]:
     }
 
 
-def _display_path(path: Path) -> str:
+def display_path(path: Path) -> str:
     """Relative to the repository where it lies inside it (commands read as typed there)."""
     path = Path(path).resolve()
     try:

@@ -42,7 +42,6 @@ from pipeline.saved_runs import (
     LABELS_FILE,
     MODEL_FILE,
     PREDICTION_BATCH,
-    collect_examples,
     load_run_model,
     predict_probabilities,
 )
@@ -291,7 +290,7 @@ def _training_budget(config: RunConfig, splits, chief: bool, exporting: bool) ->
     probe_images = min(validation_images, 4 * config.train.batch_size)  # a few batches: about a second
     return TrainingBudget(
         seconds=parse_duration(config.train.time_budget),
-        validation_probe=data.evaluation_images(splits.splits["validation"], in_memory=False).take(probe_images),
+        validation_probe=data.evaluation_images(splits.splits["validation"].head(probe_images), in_memory=False),
         validation_probe_images=probe_images,
         validation_images=validation_images,
         test_images=splits.num_examples["test"],
@@ -426,25 +425,32 @@ def _evaluate_model(model: keras.Model, splits, test_time_flip: bool = False) ->
     Streamed in batches: a large test split is never held in memory; the misclassified images
     are fetched by a second pass. The headline accuracy stays single-pass, as exported models are.
     """
-    forward = tf.function(lambda batch: model(batch, training=False))
-    probabilities, flip_averaged, labels = [], [], []
-    for image_batch, label_batch in splits.test.batch(PREDICTION_BATCH):
-        images = tf.cast(image_batch, tf.float32)
-        probabilities.append(forward(images).numpy())
-        if test_time_flip:
-            flip_averaged.append((probabilities[-1] + forward(tf.image.flip_left_right(images)).numpy()) / 2)
-        labels.append(label_batch.numpy())
-    probabilities, labels = np.concatenate(probabilities), np.concatenate(labels).astype(np.int64)
+    labels, probabilities, flip_averaged = _test_predictions(model, splits.test, PREDICTION_BATCH, test_time_flip)
     report = evaluate.classification_report(labels, probabilities, splits.class_names)
-    flip_report = (
-        evaluate.classification_report(labels, np.concatenate(flip_averaged), splits.class_names) if test_time_flip else None
-    )
+    flip_report = None if flip_averaged is None else evaluate.classification_report(labels, flip_averaged, splits.class_names)
     shown = evaluate.most_confident_mistakes(labels, probabilities)[: evaluate.MISCLASSIFIED_SHOWN]
     wanted = tf.constant(np.isin(np.arange(len(labels)), shown))
     kept = splits.test.enumerate().filter(lambda position, example: wanted[position]).map(lambda position, example: example[0])
     images = np.stack(list(kept.as_numpy_iterator())) if len(shown) else np.zeros((0, *splits.image_shape), np.uint8)
     in_order = np.sort(shown)
     return report, flip_report, images, probabilities[in_order], labels[in_order]
+
+
+def _test_predictions(
+    model: keras.Model, examples: tf.data.Dataset, batch_size: int, test_time_flip: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """int64 labels (N,), probabilities (N, K) and, with `test_time_flip`, their mean with the
+    mirrored images' (else None), `batch_size` images at a time: no image outlives its batch."""
+    forward = tf.function(lambda batch: model(batch, training=False))
+    probabilities, flip_averaged, labels = [], [], []
+    for image_batch, label_batch in examples.batch(batch_size):
+        images = tf.cast(image_batch, tf.float32)
+        probabilities.append(forward(images).numpy())
+        if test_time_flip:
+            flip_averaged.append((probabilities[-1] + forward(tf.image.flip_left_right(images)).numpy()) / 2)
+        labels.append(label_batch.numpy())
+    flip_averaged = np.concatenate(flip_averaged) if test_time_flip else None
+    return np.concatenate(labels).astype(np.int64), np.concatenate(probabilities), flip_averaged
 
 
 def _save_model(model: keras.Model, run_dir: Path) -> None:
@@ -490,14 +496,12 @@ def evaluate_run(
     splits = data.load_splits(data_config, seed=0)
     if len(splits.class_names) != len(class_names):
         raise UserError(f"{data_config.dataset} has {len(splits.class_names)} classes; the model predicts {len(class_names)}")
-    images, labels = collect_examples(splits.test)
-    probabilities = predict_probabilities(model, images, batch_size)
+    labels, probabilities, flip_averaged = _test_predictions(model, splits.test, batch_size, test_time_flip)
     report = evaluate.classification_report(labels, probabilities, class_names)
     evaluated = {"dataset": data_config.dataset, "source": splits.source}
     summary = evaluate.format_summary(report)
     if test_time_flip:
-        mirrored = predict_probabilities(model, images[:, :, ::-1], batch_size)
-        flip_report = evaluate.classification_report(labels, (probabilities + mirrored) / 2, class_names)
+        flip_report = evaluate.classification_report(labels, flip_averaged, class_names)
         evaluated["test_time_flip"] = {"top1_accuracy": flip_report.top1_accuracy, "loss": flip_report.loss}
         summary += f"\ntest-time flip (mean of the image and its mirror): top-1 {flip_report.top1_accuracy:.2%}"
     destination = (run_dir or Path(path).parent) / "evaluation.json"

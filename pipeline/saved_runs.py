@@ -1,5 +1,5 @@
 """A completed run directory as `evaluate`, `predict` and the exports read it: its model and
-class names, a split as arrays, and the model's probabilities on them."""
+class names, and the model's probabilities on images in memory."""
 
 from __future__ import annotations
 
@@ -34,17 +34,6 @@ def load_run_model(path: str | Path) -> tuple[keras.Model, tuple[str, ...], Path
     if len(class_names) != num_classes:
         raise UserError(f"{labels_path} lists {len(class_names)} classes but the model predicts {num_classes}")
     return model, class_names, run_dir
-
-
-def collect_examples(dataset: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
-    """A dataset of (image, label) as arrays: images (N, H, W, C) as stored, labels int64 (N,)."""
-    images, labels = [], []
-    for image_batch, label_batch in dataset.batch(1024):
-        images.append(image_batch.numpy())
-        labels.append(label_batch.numpy())
-    if not images:
-        return np.zeros((0,)), np.zeros((0,), np.int64)
-    return np.concatenate(images), np.concatenate(labels).astype(np.int64)
 
 
 def predict_probabilities(model: keras.Model, images: np.ndarray, batch_size: int = PREDICTION_BATCH) -> np.ndarray:

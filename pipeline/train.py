@@ -34,8 +34,10 @@ import architectures
 from architectures import pretrained
 from pipeline.budget import Measurements, Plan, epochs_that_fit, job_seconds, plan_training
 from pipeline.config import ModelConfig, TrainConfig, use_small_input
+from pipeline.data.pipelines import model_inputs
 
 if TYPE_CHECKING:
+    from pipeline.data import EvaluationImages
     from pipeline.finetune import FineTuningPhases
 
 logger = logging.getLogger(__name__)
@@ -281,7 +283,7 @@ class TrainingBudget:
     """What a time-budgeted `Trainer` needs beyond its config; see `pipeline/budget.py`."""
 
     seconds: float
-    validation_probe: tf.data.Dataset  # a few validation images, to time the evaluation step
+    validation_probe: EvaluationImages  # a few validation images, to time the evaluation step
     validation_probe_images: int
     validation_images: int
     test_images: int
@@ -293,8 +295,9 @@ class Trainer:
     """Runs epochs of `strategy.run` steps; validation is exact across replicas.
 
     `train_dataset_fn(epoch, skip_batches, input_context)` returns one epoch of per-replica
-    batches (images float32 0..255, one-hot labels); `validation` is an unbatched dataset of
-    (uint8 image, label). `on_backup(state)` is called where a backup is due;
+    batches as `pipeline.data.train_pipeline` gives them (uint8 images and integer labels, or
+    augmented: float32 0..255 and one-hot); `validation` is the validation split's
+    `EvaluationImages`. `on_backup(state)` is called where a backup is due;
     `on_epoch_end(record, is_best)` after each validation. `phases` (fine-tuning) sets which
     layers train in each epoch.
 
@@ -327,16 +330,16 @@ class Trainer:
         self.budget = budget
         self.epochs = config.epochs
         self.stop_requests = StopRequests(strategy)
-        loss = keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing, reduction=None)
-        self._train_steps = compiled_train_steps(model, optimizer, strategy, loss, global_batch_size, config.jit_compile)
-        self.phases, self._loss = phases, loss
+        self._loss = keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing, reduction=None)
+        self._train_steps = self._compiled_train_steps()
+        self.phases = phases
         self._eval_step = compiled_eval_step(model, strategy)
 
-    def evaluate(self, dataset: tf.data.Dataset) -> tuple[float, float] | None:
-        """Exact (loss, accuracy) over an unbatched (uint8 image, label) dataset, on all replicas;
-        None when the workers agreed to stop part-way."""
+    def evaluate(self, images: EvaluationImages) -> tuple[float, float] | None:
+        """Exact (loss, accuracy) over `images`, each worker decoding only its share, on all
+        replicas; None when the workers agreed to stop part-way."""
         return evaluate_exactly(
-            self._eval_step, self.strategy, dataset, global_batch_size=self.global_batch_size, num_classes=self.num_classes,
+            self._eval_step, self.strategy, images, global_batch_size=self.global_batch_size, num_classes=self.num_classes,
             stop_agreed=self.stop_requests.agreed,
         )
 
@@ -349,7 +352,7 @@ class Trainer:
         *,
         state: LoopState,
         train_dataset_fn: Callable[[int, int, tf.distribute.InputContext], tf.data.Dataset],
-        validation: tf.data.Dataset,
+        validation: EvaluationImages,
         on_backup: Callable[[LoopState], None],
         on_epoch_end: Callable[[EpochRecord, bool], None],
     ) -> LoopState:
@@ -377,9 +380,7 @@ class Trainer:
     def _run_epoch(self, state, train_dataset_fn, validation, on_backup) -> EpochRecord:
         epoch, skip = state.epoch, state.step_in_epoch
         if self.phases is not None and self.phases.enter(epoch):  # other variables train now: trace the step anew
-            self._train_steps = compiled_train_steps(
-                self.model, self.optimizer, self.strategy, self._loss, self.global_batch_size, self.config.jit_compile
-            )
+            self._train_steps = self._compiled_train_steps()
         if skip:
             logger.info("resuming epoch %d at step %d of %d", epoch + 1, skip, self.steps_per_epoch)
         meter = EpochMeter(epoch, self.epochs, self.steps_per_epoch, self.optimizer, self.show_progress)
@@ -464,6 +465,12 @@ class Trainer:
         self.epochs, self.steps_per_epoch = plan.epochs, plan.steps_per_epoch
         learning_rate_schedule(self.optimizer).set_lengths(plan.total_steps, plan.warmup_steps)
 
+    def _compiled_train_steps(self) -> Callable[[object, tf.Tensor], tf.Tensor]:
+        return compiled_train_steps(
+            self.model, self.optimizer, self.strategy, self._loss, self.global_batch_size, self.config.jit_compile,
+            self.num_classes,
+        )  # fmt: skip
+
     def _backup_due(self, epoch: int, step_in_epoch: int, steps_just_run: int) -> bool:
         """Every `backup_every_steps` global steps, except at the epoch's end (which backs up anyway)."""
         every = self.config.backup_every_steps
@@ -481,8 +488,13 @@ def compiled_train_steps(
     loss_fn: keras.losses.Loss,
     global_batch_size: int,
     jit_compile: bool,
+    num_classes: int,
 ) -> Callable[[object, tf.Tensor], tf.Tensor]:
-    """`train_steps(iterator, steps)`: `steps` optimizer steps in one call -> [loss sum, correct, images]."""
+    """`train_steps(iterator, steps)`: `steps` optimizer steps in one call -> [loss sum, correct, images].
+
+    The iterator's batches are uint8 images with integer labels, or already float32 with one-hot
+    labels (augmented); `model_inputs` converts the first kind here, on the replica's device.
+    """
 
     def forward_backward(images, labels):
         with tf.GradientTape() as tape:
@@ -503,7 +515,7 @@ def compiled_train_steps(
         forward_backward = tf.function(forward_backward, jit_compile=True)
 
     def replica_step(images, labels):
-        gradients, statistics = forward_backward(images, labels)
+        gradients, statistics = forward_backward(*model_inputs(images, labels, num_classes))
         optimizer.apply_gradients(zip(gradients, model.trainable_variables))
         return statistics
 
@@ -536,37 +548,39 @@ def compiled_eval_step(model: keras.Model, strategy: tf.distribute.Strategy) -> 
 def evaluate_exactly(
     eval_step: Callable,
     strategy: tf.distribute.Strategy,
-    dataset: tf.data.Dataset,
+    images: EvaluationImages,
     *,
     global_batch_size: int,
     num_classes: int,
     stop_agreed: Callable[[], bool] = lambda: False,
 ) -> tuple[float, float] | None:
-    """Exact (loss, accuracy) of an unbatched (uint8 image, label) dataset with `compiled_eval_step`,
-    or None as soon as `stop_agreed()` (polled after each batch, on every worker alike) says so.
+    """Exact (loss, accuracy) of `images` with `compiled_eval_step`, or None as soon as
+    `stop_agreed()` (polled after each batch, on every worker alike) says so.
 
-    The dataset is padded with zero-weight examples to a multiple of the global batch, so
-    every replica gets the same number of equal batches and no example is dropped or
-    counted twice.
+    Each input pipeline decodes only its share of the records and pads it with zero-weight
+    examples to as many batches as the largest share needs, so every replica gets the same
+    number of equal batches and no example is dropped or counted twice.
     """
-    count = int(dataset.cardinality())
-    if count < 0:  # unknown (a filtered source): count by reading it once
-        count = int(dataset.reduce(0, lambda total, _: total + 1))
-    padded_count = math.ceil(count / global_batch_size) * global_batch_size
-    weighted = dataset.map(lambda image, label: (tf.cast(image, tf.float32), tf.one_hot(label, num_classes), tf.constant(1.0)))
-    if padded_count > count:
-        image_spec = weighted.element_spec[0]
-        padding = tf.data.Dataset.from_tensors(
-            (tf.zeros(image_spec.shape, tf.float32), tf.zeros([num_classes]), tf.constant(0.0))
-        ).repeat(padded_count - count)
-        weighted = weighted.concatenate(padding)
 
     def dataset_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
         per_replica = input_context.get_per_replica_batch_size(global_batch_size)
-        batches = weighted.batch(per_replica).shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+        pipelines = input_context.num_input_pipelines
+        per_pipeline_step = per_replica * (input_context.num_replicas_in_sync // pipelines)
+        largest_share = math.ceil(images.size / pipelines)  # pipeline 0's: shares differ by at most one example
+        padded_count = math.ceil(largest_share / per_pipeline_step) * per_pipeline_step
+        count = images.share_size(input_context)
+        weighted = images.share(input_context).map(
+            lambda image, label: (tf.cast(image, tf.float32), tf.one_hot(label, num_classes), tf.constant(1.0))
+        )
+        if padded_count > count:
+            image_spec = weighted.element_spec[0]
+            padding = tf.data.Dataset.from_tensors(
+                (tf.zeros(image_spec.shape, tf.float32), tf.zeros([num_classes]), tf.constant(0.0))
+            ).repeat(padded_count - count)
+            weighted = weighted.concatenate(padding)
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-        return batches.with_options(options).prefetch(tf.data.AUTOTUNE)
+        return weighted.batch(per_replica).with_options(options).prefetch(tf.data.AUTOTUNE)
 
     totals = np.zeros(3)
     for batch in strategy.distribute_datasets_from_function(dataset_fn):

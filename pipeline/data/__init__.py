@@ -25,16 +25,16 @@ from pipeline.data.decode import decode_files, decode_image, decode_image_file, 
 from pipeline.data.folder import load_folder
 from pipeline.data.idx import load_idx
 from pipeline.data.index import cache_root
-from pipeline.data.pipelines import channel_statistics, epoch_pipelines, evaluation_images, train_pipeline
+from pipeline.data.pipelines import EvaluationImages, channel_statistics, epoch_pipelines, evaluation_images, model_inputs, train_pipeline
 from pipeline.data.sources import BUILTIN_DATASETS, FASHION_MNIST_CLASSES, DatasetSource, load_builtin, parse_dataset
 from pipeline.data.splits import SPLITS, DatasetSplits, Split, array_split
 from pipeline.data.tfds_source import load_tfds
 from pipeline.files import exclusive_lock, write_text_atomically
 
 __all__ = [
-    "BUILTIN_DATASETS", "CACHE_MODES", "FASHION_MNIST_CLASSES", "SPLITS", "DatasetSource", "DatasetSplits", "Split",
+    "BUILTIN_DATASETS", "CACHE_MODES", "FASHION_MNIST_CLASSES", "SPLITS", "DatasetSource", "DatasetSplits", "EvaluationImages", "Split",
     "array_split", "channel_statistics", "decode_files", "decode_image", "decode_image_file", "epoch_pipelines", "evaluation_images",
-    "load_splits", "parse_dataset", "probe_image_file", "train_pipeline", "training_statistics",
+    "load_splits", "model_inputs", "parse_dataset", "probe_image_file", "train_pipeline", "training_statistics",
 ]  # fmt: skip
 
 logger = logging.getLogger(__name__)

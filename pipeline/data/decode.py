@@ -118,7 +118,9 @@ def _resized(image: tf.Tensor, height: int, width: int) -> tf.Tensor:
         lambda: tf.image.resize(pixels, (height, width), method="bilinear", antialias=True),
         lambda: tf.image.resize(pixels, (height, width), method="bilinear"),
     )
-    return tf.saturate_cast(pixels + 0.5, tf.uint8)  # rounded to the nearest level, in one op
+    # Bilinear weights (antialiased too) are convex, so the result stays within 0..255 and a plain
+    # cast of x + 0.5 rounds it: saturate_cast's clipping cost a tenth of the streamed rate.
+    return tf.cast(pixels + 0.5, tf.uint8)
 
 
 def decode_files(paths: list[Path], image_shape: tuple[int, int, int]) -> tuple[np.ndarray, list[int], dict[int, str]]:

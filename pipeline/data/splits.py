@@ -7,6 +7,7 @@ decode only what this worker trains on now.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Callable
@@ -47,9 +48,19 @@ class Split:
 
     def images(self) -> tf.data.Dataset:
         """Decoded `(uint8 image, int64 label)` in the records' order."""
+        return self.decoded(self.records)
+
+    def decoded(self, records: tf.data.Dataset) -> tf.data.Dataset:
+        """`records` (this split's, or some of them) decoded to `(uint8 image, int64 label)`, in order."""
         if self.decode is _keep:
-            return self.records
-        return self.records.map(self.decode, num_parallel_calls=tf.data.AUTOTUNE)
+            return records
+        return records.map(self.decode, num_parallel_calls=tf.data.AUTOTUNE)
+
+    def head(self, count: int) -> Split:
+        """The first `count` records (all when there are fewer), decoded alike."""
+        return dataclasses.replace(
+            self, records=self.records.take(count), size=min(count, self.size), fingerprint=None, records_for_worker=None
+        )
 
     def worker_records(self, input_context: tf.distribute.InputContext | None) -> tf.data.Dataset:
         if input_context is None or input_context.num_input_pipelines == 1:

@@ -34,8 +34,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
-
 from architectures.errors import UserError
 from pipeline import data
 from pipeline.config import from_yaml_file
@@ -90,10 +88,9 @@ def export_run(
     model = float32_model(trained_model)
     splits = data.load_splits(config.data, config.seed)
     eval_set = load_eval_set(model, splits, max_eval_examples)
-    keras_accuracy = float(np.mean(eval_set.keras_probabilities.argmax(1) == eval_set.labels))
     logger.info(
         "export %s version %d: Keras float32 reference %.2f%% on %d test images",
-        model_name, version, 100 * keras_accuracy, len(eval_set.labels),
+        model_name, version, 100 * eval_set.keras_accuracy, eval_set.size,
     )
 
     def export_format(fmt: str, directory: Path) -> list[ArtefactReport]:
@@ -124,8 +121,8 @@ def export_run(
         model_name=model_name,
         version=version,
         export_dir=export_dir,
-        num_eval_examples=len(eval_set.labels),
-        keras_test_accuracy=keras_accuracy,
+        num_eval_examples=eval_set.size,
+        keras_test_accuracy=eval_set.keras_accuracy,
         artefacts=artefacts,
         path=export_dir / REPORT_FILE,
     )

@@ -9,7 +9,7 @@ import logging
 import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -19,7 +19,6 @@ import tensorflow as tf
 
 from architectures.errors import UserError
 from pipeline import data
-from pipeline.saved_runs import collect_examples, predict_probabilities
 
 logger = logging.getLogger(__name__)
 
@@ -74,13 +73,31 @@ class ExportReport:
         return json.loads(json.dumps(asdict(self), default=str))
 
 
+Predict = Callable[[np.ndarray], np.ndarray]  # uint8 images (B, H, W, C) -> float32 probabilities (B, K)
+
+
 @dataclass(frozen=True)
 class EvalSet:
-    """The test images every artefact is measured on, and the Keras reference on them."""
+    """The test images every artefact is measured on, read EVAL_BATCH at a time (never all in
+    memory), and the float32 Keras reference's probabilities on them, computed once."""
 
-    images: np.ndarray  # uint8 (N, H, W, C)
-    labels: np.ndarray  # int64 (N,)
-    keras_probabilities: np.ndarray  # float32 (N, K)
+    examples: tf.data.Dataset  # (uint8 (H, W, C), int64 label), in the split's order
+    keras_probabilities: np.ndarray  # float32 (N, K): N x K numbers, not N images
+    keras_accuracy: float  # top-1 of the float32 Keras model
+
+    @property
+    def size(self) -> int:
+        return len(self.keras_probabilities)
+
+    def batches(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(uint8 images (B, H, W, C), int64 labels (B,), Keras's probabilities (B, K)), EVAL_BATCH at a time."""
+        batches = self.examples.batch(EVAL_BATCH).prefetch(1).as_numpy_iterator()
+        for start, (images, labels) in zip(range(0, self.size, EVAL_BATCH), batches):
+            yield images, labels, self.keras_probabilities[start : start + len(labels)]
+
+    def first_images(self, count: int) -> np.ndarray:
+        """uint8 (count, H, W, C): the first test images, for warmup requests and latency."""
+        return next(self.examples.batch(count).as_numpy_iterator())[0]
 
 
 def float32_model(model: keras.Model) -> keras.Model:
@@ -126,32 +143,43 @@ def load_eval_set(model: keras.Model, splits: data.DatasetSplits, max_eval_examp
             f"{'x'.join(map(str, model.input_shape[1:]))}; was config.yaml edited?"
         )
     test = splits.test if max_eval_examples is None else splits.test.take(max_eval_examples)
-    images, labels = collect_examples(test)
-    if not len(images):
+    forward = tf.function(lambda batch: model(batch, training=False))
+    probabilities, correct = [], 0
+    for images, labels in test.batch(EVAL_BATCH).prefetch(1).as_numpy_iterator():
+        probabilities.append(forward(tf.convert_to_tensor(images.astype(np.float32))).numpy())
+        correct += int(np.sum(probabilities[-1].argmax(1) == labels))
+    if not probabilities:
         raise UserError("the run's test split is empty: there is nothing to measure the exports on")
-    return EvalSet(images, labels, predict_probabilities(model, images.astype(np.float32)))
+    keras_probabilities = np.concatenate(probabilities)
+    return EvalSet(test, keras_probabilities, correct / len(keras_probabilities))
 
 
 def measured(
     fmt: str,
     quantization: str,
     path: Path,
-    probabilities: np.ndarray,
+    predict: Predict,
     eval_set: EvalSet,
     latency_ms: float,
     latency_threads: int,
     notes: str,
 ) -> ArtefactReport:
-    """The report of an artefact whose float32 (N, K) `probabilities` on `eval_set` are measured."""
-    keras_probabilities = eval_set.keras_probabilities
+    """The report of an artefact whose `predict` is run on `eval_set`, batch by batch, beside the Keras reference."""
+    correct = agreeing = 0
+    max_abs_prob_diff = 0.0
+    for images, labels, keras_probabilities in eval_set.batches():
+        probabilities = predict(images)
+        correct += int(np.sum(probabilities.argmax(1) == labels))
+        agreeing += int(np.sum(probabilities.argmax(1) == keras_probabilities.argmax(1)))
+        max_abs_prob_diff = max(max_abs_prob_diff, float(np.max(np.abs(probabilities - keras_probabilities))))
     report = ArtefactReport(
         format=fmt,
         quantization=quantization,
         path=path,
         size_bytes=size_on_disk(path),
-        test_accuracy=float(np.mean(probabilities.argmax(1) == eval_set.labels)),
-        top1_agreement=float(np.mean(probabilities.argmax(1) == keras_probabilities.argmax(1))),
-        max_abs_prob_diff=float(np.max(np.abs(probabilities - keras_probabilities))),
+        test_accuracy=correct / eval_set.size,
+        top1_agreement=agreeing / eval_set.size,
+        max_abs_prob_diff=max_abs_prob_diff,
         batch1_latency_ms=latency_ms,
         latency_threads=latency_threads,
         notes=notes,

@@ -24,7 +24,6 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline.export.measure import (
-    EVAL_BATCH,
     ArtefactReport,
     EvalSet,
     cpu_threads,
@@ -146,10 +145,7 @@ def export_onnx(
     path = directory / f"{model_name}.onnx"
     path.write_bytes(convert_to_onnx(model, metadata).SerializeToString())
     classifier = OnnxClassifier(path)
-    images = eval_set.images
-    probabilities = np.concatenate(
-        [classifier.probabilities(images[start : start + EVAL_BATCH]) for start in range(0, len(images), EVAL_BATCH)]
-    )
-    latency = median_latency_ms(lambda: classifier.probabilities(images[:1]))
+    first_image = eval_set.first_images(1)
+    latency = median_latency_ms(lambda: classifier.probabilities(first_image))
     notes = f"onnxruntime CPUExecutionProvider, opset {OPSET}, uint8 pixels in"
-    return measured("onnx", "none", path, probabilities, eval_set, latency, classifier.num_threads, notes)
+    return measured("onnx", "none", path, classifier.probabilities, eval_set, latency, classifier.num_threads, notes)

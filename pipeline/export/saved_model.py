@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline import data
-from pipeline.export.measure import EVAL_BATCH, ArtefactReport, EvalSet, cpu_threads, measured, median_latency_ms
+from pipeline.export.measure import ArtefactReport, EvalSet, cpu_threads, measured, median_latency_ms
 from pipeline.serving_signatures import IMAGE_BYTES_INPUT, IMAGE_TENSOR_INPUT, MAX_TOP_K, SERVING_SIGNATURE, TENSOR_SIGNATURE
 
 WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"  # inside a version directory
@@ -120,12 +120,14 @@ def export_saved_model(
 ) -> ArtefactReport:
     """The SavedModel and its warmup records in `directory`, measured through `serving_default` on PNG bytes."""
     save_serving_model(model, class_names, directory)
-    encoded = [encode_png(image) for image in eval_set.images]
-    write_warmup_requests(directory, model_name, encoded[:WARMUP_IMAGES])
+    write_warmup_requests(directory, model_name, [encode_png(image) for image in eval_set.first_images(WARMUP_IMAGES)])
     serve = tf.saved_model.load(str(directory)).signatures[SERVING_SIGNATURE]
-    batches = [encoded[start : start + EVAL_BATCH] for start in range(0, len(encoded), EVAL_BATCH)]
-    probabilities = np.concatenate([serve(**{IMAGE_BYTES_INPUT: tf.constant(batch)})["probabilities"].numpy() for batch in batches])
-    single = tf.constant(encoded[:1])
+
+    def predict(images: np.ndarray) -> np.ndarray:
+        encoded = tf.constant([encode_png(image) for image in images])
+        return serve(**{IMAGE_BYTES_INPUT: encoded})["probabilities"].numpy()
+
+    single = tf.constant([encode_png(eval_set.first_images(1)[0])])
     latency = median_latency_ms(lambda: serve(**{IMAGE_BYTES_INPUT: single}))
     notes = "serving_default on PNG-encoded test images, TensorFlow's default thread pool on this CPU"
-    return measured("saved_model", "none", directory, probabilities, eval_set, latency, cpu_threads(), notes)
+    return measured("saved_model", "none", directory, predict, eval_set, latency, cpu_threads(), notes)

@@ -196,10 +196,14 @@ def export_tflite(
     )
     (directory / f"{stem}.json").write_text(json.dumps(sidecar, indent=2) + "\n")
     (directory / f"{stem}.labels.txt").write_text("\n".join(class_names) + "\n")
-    probabilities = np.stack([classifier.probabilities(image) for image in eval_set.images])
-    latency = median_latency_ms(lambda: classifier.probabilities(eval_set.images[0]))
+    first_image = eval_set.first_images(1)[0]
+    latency = median_latency_ms(lambda: classifier.probabilities(first_image))
     notes = f"LiteRT interpreter, XNNPACK, {classifier.num_threads} thread(s), batch 1"
     if classifier.input["dtype"] == np.int8:
         scale, zero_point = classifier.input["quantization"]
         notes += f"; int8 input scale {scale:.4g} zero point {zero_point}"
-    return measured("tflite", quantization, path, probabilities, eval_set, latency, classifier.num_threads, notes)
+
+    def predict(images: np.ndarray) -> np.ndarray:
+        return np.stack([classifier.probabilities(image) for image in images])
+
+    return measured("tflite", quantization, path, predict, eval_set, latency, classifier.num_threads, notes)

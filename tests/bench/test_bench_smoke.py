@@ -20,6 +20,7 @@ MEASURED_KEYS = {
     "pipeline": {"settings", "rows", "training"},
     "data_scale": {"settings", "rows", "ready"},
     "time_to_accuracy": {"settings", "rows", "reference"},
+    "budget_sweep": {"settings", "anchor", "sweeps"},
     "exports": {"run_dir", "test_images", "keras_test_accuracy", "rows"},
     "gpu": {"settings", "devices", "rows"},
     "finetune": {"settings", "pretrain", "rows", "tflite"},
@@ -93,12 +94,16 @@ def test_quick_rows_hold_the_measured_figures(quick_output):
         assert row["train_ratio"] > 0 and row["inference_ratio"] > 0
     loaders = {(row["source"], row["loader"]) for row in tables["pipeline"]["rows"]}
     assert {("Fashion-MNIST", "ours (data.epoch_pipelines)"), ("JPEG folder", "keras image_dataset_from_directory"),
-            ("JPEG folder", "tf.io.decode_jpeg only")} <= loaders  # fmt: skip
+            ("JPEG folder", "tf.io.decode_jpeg only"), ("JPEG folder", "tf.io.decode_jpeg + resize")} <= loaders  # fmt: skip
+    (streamed,) = [row for row in tables["pipeline"]["rows"] if row["source"] == "JPEG folder" and row["caching"] == "streamed"
+                   and row["loader"].startswith("ours") and row["augmentation"] == "off"]  # fmt: skip
+    assert all(streamed[key] > 0 for key in ("steady_vs_keras", "steady_vs_bare_decode", "steady_vs_bare_resize"))
     assert {row["caching"] for row in tables["pipeline"]["rows"] if row["source"] == "JPEG folder"} == {"streamed", "in memory"}
     scale = tables["data_scale"]
     assert [(row["images"], row["cache"]) for row in scale["rows"]] == [(100, "none"), (100, "disk"), (200, "none")]
     assert scale["rows"][0]["files_checked"] == 100 and all(row["peak_rss_mb"] > 0 for row in scale["rows"])
     assert scale["ready"][0]["resumed_skipped_batches"] > 0 and scale["ready"][0]["fresh_first_batch_seconds"] > 0
+    assert scale["ready"][0]["caches_dropped"] is False  # a quick run leaves the machine's caches alone
     recipes = {row["recipe"]: row for row in tables["time_to_accuracy"]["rows"]}
     assert list(recipes) == ["default", "best", "keras_convnet"]
     for row in recipes.values():
@@ -112,6 +117,12 @@ def test_quick_rows_hold_the_measured_figures(quick_output):
     check = tables["time_to_accuracy"]["budget_check"]
     assert check["returncode"] == 0 and "--time-budget 30s" in check["command"]
     assert check["plan"]["budget_seconds"] == 30 and check["plan"]["epochs"] == check["epochs"] >= 1
+    sweep = tables["budget_sweep"]
+    assert sweep["anchor"]["returncode"] == 0 and sweep["anchor"]["wall_seconds"] > 0
+    (point,) = sweep["sweeps"]["auto"]["runs"]  # one budget in a quick run
+    assert point["returncode"] == 0 and "--time-budget 30s" in point["command"] and "train.precision=auto" in point["command"]
+    reached = point["test_accuracy"] >= sweep["settings"]["goal_accuracy"]
+    assert sweep["sweeps"]["auto"]["seconds_to_goal"] == (point["wall_seconds"] if reached else None)
     seed_1_run = recipes["default"]["runs"][1]
     assert "--seed 1" in seed_1_run["command"] and seed_1_run["run_dir"] != recipes["default"]["run_dir"]
     exports = {(row["format"], row["quantization"]) for row in tables["exports"]["rows"]}

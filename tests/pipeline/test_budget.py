@@ -14,6 +14,7 @@ from architectures.errors import UserError
 from pipeline.budget import Measurements, Plan, epochs_that_fit, parse_duration, plan_training
 from pipeline.checkpoints import BackupManager
 from pipeline.config import TrainConfig
+from pipeline.data import array_split, evaluation_images
 from pipeline.train import LoopState, Trainer, TrainingBudget, WarmupThenDecay, learning_rate_schedule, make_optimizer
 from tests.cli import TINY_RUN, run_cli
 from tests.pipeline.test_run import needs_fashion_mnist
@@ -107,7 +108,7 @@ def test_a_backup_keeps_the_plan_and_a_resumed_trainer_follows_it_without_planni
 
     images = np.zeros((16, 4, 4, 1), np.float32)
     one_hot = np.eye(2, dtype=np.float32)[[0] * 16]
-    validation = tf.data.Dataset.from_tensor_slices((np.zeros((6, 4, 4, 1), np.uint8), np.zeros(6, np.int64)))
+    validation = evaluation_images(array_split(np.zeros((6, 4, 4, 1), np.uint8), np.zeros(6, np.int64), None), in_memory=False)
     # A second plan on a 1 s budget would fail: a resumed run must not make one.
     budget = TrainingBudget(seconds=1.0, validation_probe=validation, validation_probe_images=6, validation_images=6,
                             test_images=6, exporting=False, chief=True)  # fmt: skip

@@ -24,6 +24,7 @@ from pipeline.data import (
     decode_files,
     decode_image_file,
     load_splits,
+    model_inputs,
     parse_dataset,
     train_pipeline,
 )
@@ -568,16 +569,15 @@ def test_folder_with_files_cut_inside_their_headers_skips_and_counts_them(tmp_pa
 # ----------------------------------------------------------------------------- pipelines
 
 
-def test_train_pipeline_batches_float_images_and_one_hot_labels_dropping_the_remainder():
+def test_train_pipeline_batches_uint8_images_and_integer_labels_dropping_the_remainder():
     config = DataConfig(shuffle_buffer=100)
     dataset = train_pipeline(indexed_split(42), config, global_batch_size=8, seed=0, num_classes=42)
     batches = list(dataset)
     assert len(batches) == 5  # 42 // 8: the last 2 examples are dropped
     images, labels = batches[0]
-    assert images.shape == (8, 4, 4, 1) and images.dtype == tf.float32
-    assert labels.shape == (8, 42) and labels.dtype == tf.float32
-    assert np.array_equal(np.argmax(labels, axis=1), images.numpy()[:, 0, 0, 0])
-    assert np.all(labels.numpy().sum(axis=1) == 1.0)
+    assert images.shape == (8, 4, 4, 1) and images.dtype == tf.uint8
+    assert labels.shape == (8,) and labels.dtype.is_integer
+    assert np.array_equal(labels.numpy(), images.numpy()[:, 0, 0, 0])
     assert dataset.options().experimental_distribute.auto_shard_policy == tf.data.experimental.AutoShardPolicy.DATA
     # No autotune model thread: it can block an epoch's iterator teardown for up to 60 s (pipeline/data.py).
     assert dataset.options().autotune.enabled is False
@@ -595,14 +595,26 @@ def test_train_pipeline_reshuffles_each_epoch_and_repeats_with_the_same_seed():
     assert epoch_indices(other_seed) != first_epoch
 
 
-def test_train_pipeline_applies_augment_to_whole_batches():
+def test_train_pipeline_applies_augment_to_whole_converted_batches():
     def add_one(images, labels):
+        assert images.dtype == tf.float32 and labels.dtype == tf.float32 and labels.shape[-1] == 16
         return images + 1.0, labels
 
     config = DataConfig(shuffle_buffer=100)
     dataset = train_pipeline(indexed_split(16), config, global_batch_size=8, seed=0, num_classes=16, augment=add_one)
     for images, labels in dataset:
         assert np.array_equal(images.numpy()[:, 0, 0, 0], np.argmax(labels, axis=1) + 1)
+        assert np.all(labels.numpy().sum(axis=1) == 1.0)
+
+
+def test_model_inputs_converts_uint8_and_integer_labels_and_passes_converted_batches_through():
+    images = tf.constant([[[[0]]], [[[255]]]], tf.uint8)
+    float_images, one_hot = model_inputs(images, tf.constant([2, 0], tf.int64), num_classes=3)
+    assert float_images.dtype == tf.float32 and float_images.numpy().ravel().tolist() == [0.0, 255.0]
+    assert one_hot.numpy().tolist() == [[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]]
+    mixed = tf.constant([[0.25, 0.75, 0.0]] * 2)  # soft labels (mixup) stay as they are
+    same_images, same_labels = model_inputs(float_images, mixed, num_classes=3)
+    assert same_images is float_images and same_labels is mixed
 
 
 def test_train_pipeline_shards_by_input_context_into_disjoint_halves():

@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from pipeline.checkpoints import BackupManager
 from pipeline.config import TrainConfig
+from pipeline.data import array_split, evaluation_images
 from pipeline.train import LoopState, StopRequests, Trainer, TrainingStopped, compiled_eval_step, evaluate_exactly, make_optimizer
 
 
@@ -23,10 +24,10 @@ def _small_classifier() -> keras.Model:
 
 
 def test_evaluation_returns_none_once_a_stop_is_agreed_after_a_batch():
-    dataset = tf.data.Dataset.from_tensor_slices((np.zeros((96, 4, 4, 1), np.uint8), np.zeros(96, np.int64)))
+    images = evaluation_images(array_split(np.zeros((96, 4, 4, 1), np.uint8), np.zeros(96, np.int64), None), in_memory=False)
     strategy = tf.distribute.get_strategy()
     polls = []
-    result = evaluate_exactly(compiled_eval_step(_small_classifier(), strategy), strategy, dataset,
+    result = evaluate_exactly(compiled_eval_step(_small_classifier(), strategy), strategy, images,
                               global_batch_size=32, num_classes=2, stop_agreed=lambda: len(polls.append(1) or polls) == 2)  # fmt: skip
     assert result is None and len(polls) == 2  # polled after each batch, left after the second of three
 
@@ -46,7 +47,7 @@ def test_a_stop_agreed_during_validation_backs_up_after_the_epochs_steps_and_exi
         trainer.fit(
             state=LoopState(),
             train_dataset_fn=lambda epoch, skip, context: tf.data.Dataset.from_tensor_slices((images, one_hot)).batch(4).skip(skip),
-            validation=tf.data.Dataset.from_tensor_slices((np.zeros((12, 4, 4, 1), np.uint8), np.zeros(12, np.int64))),
+            validation=evaluation_images(array_split(np.zeros((12, 4, 4, 1), np.uint8), np.zeros(12, np.int64), None), in_memory=False),
             on_backup=lambda current: backups.append((current.epoch, current.step_in_epoch, len(current.history))),
             on_epoch_end=lambda record, is_best: pytest.fail("the interrupted epoch was recorded"),
         )  # fmt: skip

@@ -12,6 +12,7 @@ import tensorflow as tf
 
 import architectures
 from pipeline.config import ModelConfig, TrainConfig
+from pipeline.data import Split, array_split, evaluation_images
 from pipeline.train import (
     EpochMeter,
     LoopState,
@@ -90,12 +91,60 @@ def _constant_classifier(num_classes: int, favourite: int) -> keras.Model:
 
 def test_exact_evaluation_counts_every_example_once_with_a_padded_last_batch():
     labels = np.array([0] * 37 + [1] * 63)  # 100 examples, batch 32: the last batch is padded
-    dataset = tf.data.Dataset.from_tensor_slices((np.zeros((100, 4, 4, 1), np.uint8), labels))
+    images = evaluation_images(array_split(np.zeros((100, 4, 4, 1), np.uint8), labels, None), in_memory=False)
     strategy = tf.distribute.get_strategy()
     model = _constant_classifier(2, favourite=0)
-    loss, accuracy = evaluate_exactly(compiled_eval_step(model, strategy), strategy, dataset, global_batch_size=32, num_classes=2)
+    loss, accuracy = evaluate_exactly(compiled_eval_step(model, strategy), strategy, images, global_batch_size=32, num_classes=2)
     assert accuracy == pytest.approx(0.37, abs=1e-9)
     assert loss == pytest.approx(0.63 * 20.0, rel=1e-3)  # the wrong class's cross-entropy is ~20 nats
+
+
+class _TwoWorkersOfOneReplica:
+    """A MultiWorkerMirroredStrategy of two one-replica workers as `evaluate_exactly` sees it, in
+    one process: each step takes one batch from each worker's input pipeline."""
+
+    def __init__(self, eval_step):
+        self.eval_step, self.batches = eval_step, []
+
+    def distribute_datasets_from_function(self, dataset_fn):
+        contexts = [tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=worker, num_replicas_in_sync=2)
+                    for worker in range(2)]  # fmt: skip
+        return zip(*(dataset_fn(context) for context in contexts), strict=True)  # unequal batch counts fail
+
+    def step(self, per_worker_batches):
+        self.batches += per_worker_batches
+        return sum(self.eval_step(batch) for batch in per_worker_batches)
+
+
+def test_exact_evaluation_over_two_input_pipelines_decodes_each_example_once_and_matches_one_pipeline():
+    decoded_ids = []
+
+    def read(example_id):
+        decoded_ids.append(int(example_id))  # a py_function's body runs in this process
+        return np.full((4, 4, 1), int(example_id) * 19, np.uint8)
+
+    def decode(example_id, label):
+        return tf.ensure_shape(tf.py_function(read, [example_id], tf.uint8), (4, 4, 1)), label
+
+    example_ids = np.arange(13, dtype=np.int64)  # 13 examples, global batch 4: both shares padded
+    split = Split(tf.data.Dataset.from_tensor_slices((example_ids, example_ids % 3)), 13, decode=decode)
+    images = evaluation_images(split, in_memory=False)
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4, 4, 1))
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(keras.layers.Flatten()(inputs / 255.0)))
+    single = tf.distribute.get_strategy()
+    eval_step = compiled_eval_step(model, single)
+
+    two_workers = _TwoWorkersOfOneReplica(eval_step)
+    two_worker_result = evaluate_exactly(two_workers.step, two_workers, images, global_batch_size=4, num_classes=3)
+    assert sorted(decoded_ids) == list(range(13))  # each record decoded once, by one worker
+    weights = np.concatenate([weights.numpy() for _, _, weights in two_workers.batches])
+    assert len(two_workers.batches) == 8 and {len(labels) for _, labels, _ in two_workers.batches} == {2}  # 4 steps x 2 workers
+    assert weights.sum() == 13 and set(weights) == {0.0, 1.0}  # shares of 7 and 6, each padded to 8
+    decoded_ids.clear()
+    one_pipeline_result = evaluate_exactly(eval_step, single, images, global_batch_size=4, num_classes=3)
+    assert sorted(decoded_ids) == list(range(13))
+    assert two_worker_result == pytest.approx(one_pipeline_result, rel=1e-6)
 
 
 def test_ema_weights_are_in_the_model_inside_the_context_and_the_live_weights_after():
@@ -195,7 +244,7 @@ def test_a_fit_from_a_fresh_state_runs_every_epoch_and_reports_each():
     state = trainer.fit(
         state=LoopState(),
         train_dataset_fn=lambda epoch, skip, context: tf.data.Dataset.from_tensor_slices((images, one_hot)).batch(4).skip(skip),
-        validation=tf.data.Dataset.from_tensor_slices((np.zeros((6, 4, 4, 1), np.uint8), np.zeros(6, np.int64))),
+        validation=evaluation_images(array_split(np.zeros((6, 4, 4, 1), np.uint8), np.zeros(6, np.int64), None), in_memory=False),
         on_backup=lambda current: backups.append((current.epoch, current.step_in_epoch)),
         on_epoch_end=lambda record, is_best: epoch_ends.append((record.epoch, is_best)),
     )  # fmt: skip
@@ -203,6 +252,34 @@ def test_a_fit_from_a_fresh_state_runs_every_epoch_and_reports_each():
     assert epoch_ends == [(1, True), (2, False)]  # the same accuracy is not a new best
     assert backups == [(1, 0), (2, 0)]
     assert state.history[-1].val_accuracy == pytest.approx(1.0)
+
+
+def test_uint8_batches_with_integer_labels_train_exactly_as_their_float_one_hot_form():
+    """The pipeline hands unaugmented batches over as decoded; the train step converts them."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (16, 4, 4, 1)).astype(np.uint8)
+    labels = rng.integers(0, 3, 16)
+    config = TrainConfig(epochs=1, steps_per_execution=2, learning_rate=0.01, warmup_epochs=0.0, label_smoothing=0.1)
+
+    def trained_weights(batches: tf.data.Dataset) -> list[np.ndarray]:
+        keras.utils.set_random_seed(1)
+        inputs = keras.Input((4, 4, 1))
+        model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(keras.layers.Flatten()(inputs)))
+        trainer = Trainer(
+            model=model, optimizer=make_optimizer(config, 4), strategy=tf.distribute.get_strategy(), config=config,
+            num_classes=3, steps_per_epoch=4, global_batch_size=4, show_progress=False,
+        )  # fmt: skip
+        trainer.fit(
+            state=LoopState(), train_dataset_fn=lambda epoch, skip, context: batches.skip(skip),
+            validation=evaluation_images(array_split(images[:4], labels[:4], None), in_memory=False),
+            on_backup=lambda current: None, on_epoch_end=lambda record, is_best: None,
+        )  # fmt: skip
+        return model.get_weights()
+
+    as_decoded = trained_weights(tf.data.Dataset.from_tensor_slices((images, labels)).batch(4))
+    converted = trained_weights(tf.data.Dataset.from_tensor_slices((images.astype(np.float32), np.eye(3, dtype=np.float32)[labels])).batch(4))
+    assert not np.array_equal(as_decoded[0], np.zeros_like(as_decoded[0]))
+    assert all(np.array_equal(a, b) for a, b in zip(as_decoded, converted))
 
 
 @pytest.mark.parametrize("precision", ["float32", "mixed_float16"])
