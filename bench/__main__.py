@@ -35,6 +35,7 @@ TABLE_MODULES = {  # table name -> module, in run order (exports uses time_to_ac
     "data_scale": "bench.data_scale",
     "time_to_accuracy": "bench.time_to_accuracy",
     "budget_sweep": "bench.budget_sweep",
+    "float32_step": "bench.float32_step",
     "exports": "bench.exports",
     "gpu": "bench.gpu",
     "finetune": "bench.finetune",

@@ -146,7 +146,7 @@ class TrainingProbe:
     Trainer times every call but an epoch's first (which traces the step the first time, and
     waits for the input to start), so with `calls_per_epoch >= 2` every epoch is one sample.
     Input: in-memory synthetic batches by default, or any `train_dataset_fn` of the Trainer's
-    form (float32 images 0..255 (B, H, W, C), float32 one-hot labels (B, K)).
+    form (batches as `pipeline.data.train_pipeline` gives them).
     """
 
     def __init__(

@@ -20,6 +20,7 @@ HEADINGS = {  # results.json table name -> section heading, in document order
     "data_scale": "3b. Image folders at scale: memory, start-up and resume",
     "time_to_accuracy": "4. Time to accuracy on Fashion-MNIST",
     "budget_sweep": "4b. Time to 92% against keras.io's convnet",
+    "float32_step": "4c. The float32 training step, one setting at a time",
     "exports": "5. Exports: size, latency and accuracy",
     "gpu": "6. GPU training throughput",
     "finetune": "7. Fine-tuning a pretrained backbone vs training from scratch",
@@ -352,6 +353,25 @@ def _budget_sweep(table: dict[str, Any]) -> str:
     ])  # fmt: skip
 
 
+def _float32_step(table: dict[str, Any]) -> str:
+    settings = table["settings"]
+    method = (
+        f"{settings['arch']} on in-memory synthetic {'x'.join(map(str, settings['image_shape']))} batches through the "
+        f"pipeline's Trainer (the input never waits), one process per row, median of {settings['repeats']} epochs of "
+        f"{settings['calls_per_epoch']} timed calls. Default TrainConfig (batch 128, 10 steps per call) unless the row "
+        "says otherwise. `ONEDNN_MAX_CPU_ISA=AVX2` has oneDNN run the kernels an AVX2-only CPU gets (no AVX-512, no "
+        "bfloat16), at this CPU's clock: the stand-in for such a CPU. vs AVX2 kernels: the row's rate over that row's, "
+        "measured in the same bench run.\n"
+    )
+    rows = [
+        [row["variant"], " ".join(f"{key}={value}" for key, value in row["environment"].items()) or "-",
+         ", ".join(f"{key}={value}" for key, value in row["train"].items()), _rate(row["images_per_second"]),
+         _ratio(row["vs_baseline"])]
+        for row in table["rows"]
+    ]  # fmt: skip
+    return method + "\n" + _markdown_table(["setting", "environment", "train", "img/s", "vs AVX2 kernels"], rows, "lllrr")
+
+
 def _exports(table: dict[str, Any]) -> str:
     method = (
         f"`pipeline.export.export_run` on `{table['run_dir']}`, every artefact run on {table['test_images']:,} test "
@@ -479,6 +499,7 @@ RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
     "data_scale": _data_scale,
     "time_to_accuracy": _time_to_accuracy,
     "budget_sweep": _budget_sweep,
+    "float32_step": _float32_step,
     "exports": _exports,
     "gpu": _gpu,
     "finetune": _finetune,

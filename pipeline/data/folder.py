@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from architectures.errors import UserError
 from pipeline.config import DataConfig
-from pipeline.data.decode import decode_image
+from pipeline.data.decode import decode_image, known_files
 from pipeline.data.index import CONVERTED, USABLE, FolderIndex, load_index
 from pipeline.data.splits import DEFAULT_SIDE, SPLITS, DatasetSplits, Split, capped, holdout_size
 
@@ -83,12 +83,13 @@ def _file_split(index: FolderIndex, files: list[tuple[str, int]], image_shape: t
     records = tf.data.Dataset.from_tensor_slices((tf.constant(paths, tf.string), labels, orientations))
     read_log = os.environ.get(READ_LOG_VARIABLE)
     all_upright = bool(np.all(orientations == 1))  # then the graph has no rotation step at all
+    known = known_files([index.entries[name].probe for name, _ in files], image_shape)
 
     def decode(path: tf.Tensor, label: tf.Tensor, orientation: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         encoded = tf.io.read_file(path)
         if read_log:
             tf.print(role, path, output_stream=f"file://{read_log}/reads-{os.getpid()}.txt")
-        return decode_image(encoded, image_shape, 1 if all_upright else orientation), label
+        return decode_image(encoded, image_shape, 1 if all_upright else orientation, known), label
 
     contents = "\n".join(f"{name} {index.entries[name].size} {index.entries[name].mtime_ns} {label}" for name, label in files)
     fingerprint = f"folder {hashlib.sha256(contents.encode()).hexdigest()[:16]} {role} {image_shape}"

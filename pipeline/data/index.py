@@ -4,7 +4,8 @@ A folder of photos is only usable once every file is known to decode: one bad fi
 skipped and reported before training, not crash an epoch an hour in. Decoding everything up
 front and keeping the pixels (as the first version did) costs RAM in proportion to the folder,
 so instead one scan checks each file with the decoder training will use and writes an index:
-path, size, mtime, status (usable, converted, or the reason it is skipped) and EXIF orientation.
+path, size, mtime, status (usable, converted, or the reason it is skipped), EXIF orientation,
+and the header's format and pixel size (which let the decoder settle per-image choices once).
 Training then streams the usable files from disk. A second run on an unchanged folder only
 compares sizes and mtimes, and re-checks new or changed files. This is the index approach of
 issue 11 rather than TFDS's prepared shards: the user's folder stays the source of truth, and
@@ -34,7 +35,7 @@ from pipeline.files import exclusive_lock, write_bytes_atomically, write_text_at
 
 logger = logging.getLogger(__name__)
 
-INDEX_VERSION = 1  # bump when the checks change, so old indexes are rebuilt
+INDEX_VERSION = 2  # bump when the checks or the fields change, so old indexes are rebuilt (2: format and size)
 USABLE, CONVERTED = "ok", "converted"
 CHECK_SHAPE = (8, 8, 3)  # the check decodes fully (truncation shows) but resizes to almost nothing
 PROGRESS_SECONDS = 10.0
@@ -46,6 +47,14 @@ class IndexEntry:
     mtime_ns: int
     status: str  # USABLE, CONVERTED, or the reason the file is skipped ("truncated", ...)
     orientation: int  # EXIF 1..8, applied by `decode_image`; 1 for converted copies (already upright)
+    format: str = ""  # Pillow's name, for USABLE files
+    width: int = 0  # pixels as stored (before orientation), for USABLE files
+    height: int = 0
+
+    @property
+    def probe(self) -> Probe | None:
+        """The header as the decoder reads it; None for a converted copy or a skipped file."""
+        return Probe(self.format, self.width, self.height, self.orientation) if self.status == USABLE else None
 
 
 @dataclass(frozen=True)
@@ -99,7 +108,8 @@ def load_index(root: Path, relative_paths: list[str], cache_dir: str | None) -> 
             entries.update(_check_files(root, directory, to_check))
         if to_check or set(old) != set(entries):
             payload = {"version": INDEX_VERSION, "root": str(root.resolve()), "entries": {
-                relative: [entry.size, entry.mtime_ns, entry.status, entry.orientation] for relative, entry in entries.items()
+                relative: [entry.size, entry.mtime_ns, entry.status, entry.orientation, entry.format, entry.width, entry.height]
+                for relative, entry in entries.items()
             }}  # fmt: skip
             write_text_atomically(directory / "index.json", json.dumps(payload, separators=(",", ":")))
     return FolderIndex(root, directory, entries, checked=len(to_check))
@@ -156,8 +166,11 @@ def _check_files(root: Path, directory: Path, files: list[tuple[str, tuple[int, 
     entries = {}
     for index, (relative, (size, mtime_ns)) in enumerate(files):
         status = statuses.get(index, USABLE)
-        orientation = probes[index].orientation if status == USABLE else 1
-        entries[relative] = IndexEntry(size, mtime_ns, status, orientation)
+        if status == USABLE:
+            probe = probes[index]
+            entries[relative] = IndexEntry(size, mtime_ns, status, probe.orientation, probe.format, probe.width, probe.height)
+        else:
+            entries[relative] = IndexEntry(size, mtime_ns, status, 1)
     seconds = time.perf_counter() - started
     logger.info("folder:%s: checked %d files in %.1f s (%.0f files/s)", root, len(files), seconds, len(files) / max(seconds, 1e-9))
     return entries

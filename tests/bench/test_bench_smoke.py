@@ -21,6 +21,7 @@ MEASURED_KEYS = {
     "data_scale": {"settings", "rows", "ready"},
     "time_to_accuracy": {"settings", "rows", "reference"},
     "budget_sweep": {"settings", "anchor", "sweeps"},
+    "float32_step": {"settings", "rows"},
     "exports": {"run_dir", "test_images", "keras_test_accuracy", "rows"},
     "gpu": {"settings", "devices", "rows"},
     "finetune": {"settings", "pretrain", "rows", "tflite"},
@@ -123,6 +124,9 @@ def test_quick_rows_hold_the_measured_figures(quick_output):
     assert point["returncode"] == 0 and "--time-budget 30s" in point["command"] and "train.precision=auto" in point["command"]
     reached = point["test_accuracy"] >= sweep["settings"]["goal_accuracy"]
     assert sweep["sweeps"]["auto"]["seconds_to_goal"] == (point["wall_seconds"] if reached else None)
+    steps = {row["variant"]: row for row in tables["float32_step"]["rows"]}
+    assert steps["float32, AVX2 kernels"]["environment"] == {"ONEDNN_MAX_CPU_ISA": "AVX2"} and steps["float32, AVX2 kernels"]["vs_baseline"] == 1.0
+    assert all(row["images_per_second"] > 0 and row["train"]["precision"] == "float32" for row in steps.values())
     seed_1_run = recipes["default"]["runs"][1]
     assert "--seed 1" in seed_1_run["command"] and seed_1_run["run_dir"] != recipes["default"]["run_dir"]
     exports = {(row["format"], row["quantization"]) for row in tables["exports"]["rows"]}

@@ -14,8 +14,9 @@ from PIL import Image, ImageOps
 
 from pipeline.config import DataConfig
 from pipeline.data import (
-    Split, cache, decode_files, epoch_pipelines, evaluation_images, load_splits, train_pipeline, training_statistics,
+    Split, cache, decode_files, decode_image, epoch_pipelines, evaluation_images, load_splits, train_pipeline, training_statistics,
 )
+from pipeline.data.decode import KnownFiles, Probe, known_files
 from pipeline.data.folder import READ_LOG_VARIABLE
 from pipeline.data.index import folder_cache_dir, load_index
 from tests.cli import TINY_RUN, run_cli
@@ -112,6 +113,42 @@ def test_format_tensorflow_cannot_read_is_converted_once_into_the_cache(tmp_path
     assert len(converted) == 1
     images, _ = as_arrays(splits.train)
     assert any(np.all(image == 200) for image in images)
+
+
+# ----------------------------------------------------------------------------- what the index knows
+
+
+def test_known_files_settle_what_every_header_shares():
+    shape = (224, 224, 3)
+    assert known_files([Probe("JPEG", 256, 256, 1)] * 3, shape) == KnownFiles(jpeg_scale=1, decoded_size=(256, 256))
+    # Phone photos of two sizes: both read at 1/8 (3,000 / 8 = 375 >= 224), not the same size.
+    assert known_files([Probe("JPEG", 4000, 3000, 1), Probe("MPO", 4032, 3024, 1)], shape) == KnownFiles(jpeg_scale=8)
+    # 600x400 turned a quarter (EXIF 6) and 400x600 upright are both 150x100 at 1/4 for 64 px.
+    assert known_files([Probe("JPEG", 600, 400, 6), Probe("JPEG", 400, 600, 1)], (64, 64, 3)) == KnownFiles(4, (150, 100))
+    assert known_files([Probe("JPEG", 256, 256, 1), Probe("PNG", 256, 256, 1)], shape) == KnownFiles(decoded_size=(256, 256))
+    assert known_files([Probe("JPEG", 256, 256, 1), None], shape) == KnownFiles()  # a converted copy: nothing known
+
+
+@pytest.mark.parametrize("image_shape", [(64, 64, 3), (120, 120, 3), (200, 300, 3), (90, 90, 1)])
+def test_decoding_with_what_the_index_knows_gives_the_same_pixels(tmp_path, image_shape):
+    """Static choices (scale, resize, antialiasing) replace per-image ones without changing a pixel."""
+    rng = np.random.default_rng(0)
+    probes, encoded = [], []
+    for orientation in (1, 6, 3, 8):  # the same 300x200 stored size; 6 and 8 turn it to 200x300
+        path = tmp_path / f"{orientation}.jpg"
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        Image.fromarray(rng.integers(0, 256, (200, 300, 3), dtype=np.uint8)).save(path, quality=90, exif=exif)
+        probes.append(Probe("JPEG", 300, 200, orientation))
+        encoded.append(path.read_bytes())
+    for subset in (probes[::2], probes[1::2]):  # upright-ish (1, 3) and turned (6, 8): one decoded size each
+        known = known_files(subset, image_shape)
+        assert known.jpeg_scale is not None and known.decoded_size is not None
+        for probe in subset:
+            data = encoded[probes.index(probe)]
+            generic = decode_image(tf.constant(data), image_shape, probe.orientation).numpy()
+            settled = decode_image(tf.constant(data), image_shape, probe.orientation, known).numpy()
+            assert np.array_equal(generic, settled), (image_shape, probe)
 
 
 # ----------------------------------------------------------------------------- data.cache
