@@ -244,16 +244,18 @@ def _data_scale(table: dict[str, Any]) -> str:
         f"for an epoch resumed {settings['resume_fraction']:.0%} of the way through, skipping on file paths. Before the "
         "fresh probe the kernel's page, dentry and inode caches are dropped (`/proc/sys/vm/drop_caches`, as after a "
         "reboot: file metadata, the index and Python's modules all come from disk) where the bench is allowed to; "
-        "otherwise the caches are as the training rows left them (\"kernel caches\" says which). The resumed probe "
-        "runs right after it, with warm caches.\n"
+        "otherwise the caches are as the training rows left them (\"kernel caches\" says which). The fresh figures are "
+        "the median of the cold probes (each one's first batch listed). The resumed probe runs right after them, with "
+        "warm caches.\n"
     )
     parts.append(_markdown_table(
-        ["images", "kernel caches", "index loaded s", "first batch s", "resumed: batches skipped", "resumed: first batch s",
-         "peak RSS MB"],
+        ["images", "kernel caches", "index loaded s", "first batch s", "cold probes: first batch s", "resumed: batches skipped",
+         "resumed: first batch s", "peak RSS MB"],
         [[f"{row['images']:,}", "dropped" if row.get("caches_dropped") else "as left", f"{row['fresh_index_loaded_seconds']:.1f}",
-          f"{row['fresh_first_batch_seconds']:.1f}", f"{row['resumed_skipped_batches']:,}",
-          f"{row['resumed_first_batch_seconds']:.1f}", f"{row['fresh_peak_rss_mb']:,}"] for row in table["ready"]],
-        "rlrrrrr"))  # fmt: skip
+          f"{row['fresh_first_batch_seconds']:.1f}", ", ".join(f"{value:.1f}" for value in row.get("fresh_first_batch_runs", [])),
+          f"{row['resumed_skipped_batches']:,}", f"{row['resumed_first_batch_seconds']:.1f}", f"{row['fresh_peak_rss_mb']:,}"]
+         for row in table["ready"]],
+        "rlrrlrrr"))  # fmt: skip
     return "\n".join(parts)
 
 
