@@ -136,7 +136,6 @@ def model_inputs(images: tf.Tensor, labels: tf.Tensor, num_classes: int) -> tupl
     return images, labels
 
 
-
 class EvaluationImages:
     """A split to evaluate, decoded per input pipeline: pipeline i of n reads and decodes only
     records i, i + n, ... (never whole files per worker, as TFDS training does), so the shares
