@@ -339,7 +339,7 @@ class Trainer:
         """Exact (loss, accuracy) over `images`, each worker decoding only its share, on all
         replicas; None when the workers agreed to stop part-way."""
         return evaluate_exactly(
-            self._eval_step, self.strategy, images, global_batch_size=self.global_batch_size, num_classes=self.num_classes,
+            self._eval_step, self.strategy, images, global_batch_size=self.global_batch_size,
             stop_agreed=self.stop_requests.agreed,
         )
 
@@ -530,9 +530,12 @@ def compiled_train_steps(
 
 
 def compiled_eval_step(model: keras.Model, strategy: tf.distribute.Strategy) -> Callable:
-    """`eval_step((images, one_hot, weights))` -> [weighted loss sum, weighted correct, weight sum], all replicas."""
+    """`eval_step((uint8 images, integer labels, weights))` -> [weighted loss sum, weighted correct,
+    weight sum], all replicas; the batch is converted here, as `compiled_train_steps` does."""
+    num_classes = model.output_shape[-1]
 
     def replica_step(images, labels, weights):
+        images, labels = model_inputs(images, labels, num_classes)
         probabilities = model(images, training=False)
         per_example = keras.losses.categorical_crossentropy(labels, probabilities)
         correct = tf.cast(tf.argmax(probabilities, -1) == tf.argmax(labels, -1), tf.float32)
@@ -551,7 +554,6 @@ def evaluate_exactly(
     images: EvaluationImages,
     *,
     global_batch_size: int,
-    num_classes: int,
     stop_agreed: Callable[[], bool] = lambda: False,
 ) -> tuple[float, float] | None:
     """Exact (loss, accuracy) of `images` with `compiled_eval_step`, or None as soon as
@@ -569,13 +571,11 @@ def evaluate_exactly(
         largest_share = math.ceil(images.size / pipelines)  # pipeline 0's: shares differ by at most one example
         padded_count = math.ceil(largest_share / per_pipeline_step) * per_pipeline_step
         count = images.share_size(input_context)
-        weighted = images.share(input_context).map(
-            lambda image, label: (tf.cast(image, tf.float32), tf.one_hot(label, num_classes), tf.constant(1.0))
-        )
+        weighted = images.share(input_context).map(lambda image, label: (image, label, tf.constant(1.0)))
         if padded_count > count:
-            image_spec = weighted.element_spec[0]
+            image_spec, label_spec, _ = weighted.element_spec
             padding = tf.data.Dataset.from_tensors(
-                (tf.zeros(image_spec.shape, tf.float32), tf.zeros([num_classes]), tf.constant(0.0))
+                (tf.zeros(image_spec.shape, image_spec.dtype), tf.zeros([], label_spec.dtype), tf.constant(0.0))
             ).repeat(padded_count - count)
             weighted = weighted.concatenate(padding)
         options = tf.data.Options()

@@ -28,7 +28,7 @@ def test_evaluation_returns_none_once_a_stop_is_agreed_after_a_batch():
     strategy = tf.distribute.get_strategy()
     polls = []
     result = evaluate_exactly(compiled_eval_step(_small_classifier(), strategy), strategy, images,
-                              global_batch_size=32, num_classes=2, stop_agreed=lambda: len(polls.append(1) or polls) == 2)  # fmt: skip
+                              global_batch_size=32, stop_agreed=lambda: len(polls.append(1) or polls) == 2)  # fmt: skip
     assert result is None and len(polls) == 2  # polled after each batch, left after the second of three
 
 

@@ -94,7 +94,7 @@ def test_exact_evaluation_counts_every_example_once_with_a_padded_last_batch():
     images = evaluation_images(array_split(np.zeros((100, 4, 4, 1), np.uint8), labels, None), in_memory=False)
     strategy = tf.distribute.get_strategy()
     model = _constant_classifier(2, favourite=0)
-    loss, accuracy = evaluate_exactly(compiled_eval_step(model, strategy), strategy, images, global_batch_size=32, num_classes=2)
+    loss, accuracy = evaluate_exactly(compiled_eval_step(model, strategy), strategy, images, global_batch_size=32)
     assert accuracy == pytest.approx(0.37, abs=1e-9)
     assert loss == pytest.approx(0.63 * 20.0, rel=1e-3)  # the wrong class's cross-entropy is ~20 nats
 
@@ -136,13 +136,13 @@ def test_exact_evaluation_over_two_input_pipelines_decodes_each_example_once_and
     eval_step = compiled_eval_step(model, single)
 
     two_workers = _TwoWorkersOfOneReplica(eval_step)
-    two_worker_result = evaluate_exactly(two_workers.step, two_workers, images, global_batch_size=4, num_classes=3)
+    two_worker_result = evaluate_exactly(two_workers.step, two_workers, images, global_batch_size=4)
     assert sorted(decoded_ids) == list(range(13))  # each record decoded once, by one worker
     weights = np.concatenate([weights.numpy() for _, _, weights in two_workers.batches])
     assert len(two_workers.batches) == 8 and {len(labels) for _, labels, _ in two_workers.batches} == {2}  # 4 steps x 2 workers
     assert weights.sum() == 13 and set(weights) == {0.0, 1.0}  # shares of 7 and 6, each padded to 8
     decoded_ids.clear()
-    one_pipeline_result = evaluate_exactly(eval_step, single, images, global_batch_size=4, num_classes=3)
+    one_pipeline_result = evaluate_exactly(eval_step, single, images, global_batch_size=4)
     assert sorted(decoded_ids) == list(range(13))
     assert two_worker_result == pytest.approx(one_pipeline_result, rel=1e-6)
 
