@@ -113,7 +113,7 @@ def _add_export_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="a YAML recipe, e.g. configs/fashion_mnist_resnet20.yaml")
+    parser.add_argument("--config", help="a YAML recipe, e.g. configs/fashion_mnist.yaml")
     for name, (_, value_type, help_text) in TRAIN_FLAGS.items():
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=value_type, help=help_text)
     parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",

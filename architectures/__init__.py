@@ -24,6 +24,7 @@ from architectures import (  # noqa: F401  (imported to register the families)
     resmlp,
     resnet_cifar,
     wide_resnet,
+    airbench,
 )
 from architectures.errors import UserError
 from architectures.registry import backbone_layer_names, build, check, families, info, names

@@ -3,6 +3,9 @@
 (rerun it after changing a builder); tests/architectures/test_registry.py checks every row."""
 
 SIZES = {  # name: (trainable parameters, multiply-accumulates)
+    "airbench94": (2_225_080, 118_400_800),
+    "airbench94_w16": (190_168, 10_198_432),
+    "airbench94_w32": (624_248, 33_192_992),
     "allconv": (1_560_808, 277_641_216),
     "cbam_resnet50": (28_089_624, 4_095_573_110),
     "convnext_base": (88_591_464, 15_354_729_472),

@@ -6,11 +6,11 @@ compared with the float32 Keras model; latency is the median of its batch-1 call
 SavedModel's `serving_default` on PNG bytes and ONNX in onnxruntime, each on its runtime's
 default thread pool, one thread per core; TFLite in the LiteRT interpreter with XNNPACK on one
 thread, as a phone app would run it; each row records its thread count). The run is table
-4(a)'s (the default recipe), else, outside --quick, `runs/fashion_mnist-resnet20` when it is
+4(a)'s (the default recipe), else, outside --quick, `runs/fashion_mnist-airbench94_w16` when it is
 complete.
 
 Table 5(b): int8 calibration is known to be harder for depthwise convolutions on RGB photos than
-for our 28x28 gray resnet20, so mobilenet_v2 is trained briefly at 224x224x3 (Fashion-MNIST
+for our 28x28 gray default model, so mobilenet_v2 is trained briefly at 224x224x3 (Fashion-MNIST
 upscaled to RGB, through the CLI) and exported as float32 and full-int8 TFLite (builtin ops,
 int8 input and output). Exports go to temporary directories, deleted afterwards: the table keeps
 the figures, not the files.
@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 FULL_QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
 QUICK_MAX_EVAL_EXAMPLES = 64
-FALLBACK_RUN_DIR = REPO_ROOT / "runs" / "fashion_mnist-resnet20"
+FALLBACK_RUN_DIR = REPO_ROOT / "runs" / "fashion_mnist-airbench94_w16"
 
 RGB_ARCH = "mobilenet_v2"
 RGB_RUN_NAME = "fashion_mnist_rgb-mobilenet_v2"

@@ -15,7 +15,7 @@ decode every file every epoch), and ours again with `data.cache: memory`. "First
 from the start of loading; "steady" is a later epoch (median of `repeats`). Streamed, ours and
 keras's later epochs alternate, and "vs keras" is the median of the paired ratios.
 
-"vs training": the default model (resnet20, Fashion-MNIST 28x28x1, default TrainConfig and
+"vs training": resnet20 (the main job's model until issue 13; Fashion-MNIST 28x28x1, default TrainConfig and
 augmentation) trained through the pipeline's Trainer on in-memory synthetic batches and on our
 real pipeline, epochs alternating; a ratio near 1 means the step never waits for its input.
 """

@@ -11,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pipeline.budget import Plan
+
 FINDINGS_FILE = Path(__file__).resolve().parent / "findings.md"
 
 HEADINGS = {  # results.json table name -> section heading, in document order
@@ -19,7 +21,7 @@ HEADINGS = {  # results.json table name -> section heading, in document order
     "pipeline": "3. Input pipeline",
     "data_scale": "3b. Image folders at scale: memory, start-up and resume",
     "time_to_accuracy": "4. Time to accuracy on Fashion-MNIST",
-    "budget_sweep": "4b. Time to 92% against keras.io's convnet",
+    "budget_sweep": "4b. Accuracy at equal wall time, and the time to 92% against keras.io's convnet",
     "float32_step": "4c. The float32 training step, one setting at a time",
     "exports": "5. Exports: size, latency and accuracy",
     "gpu": "6. GPU training throughput",
@@ -269,7 +271,9 @@ def _time_to_accuracy(table: dict[str, Any]) -> str:
         "process start to exit (imports, data, training, test evaluation, plots, saving). Test accuracy: the official "
         "10,000 test images. Training s: the epochs' own clocks (training and validation); other s: the rest of the wall "
         "time (start-up, data loading, test evaluation, plots, saving). Curve: the median run's validation accuracy (the last 10% "
-        "of the training images) at the end of each epoch against the training clock. Goal: "
+        "of the training images) at the end of each epoch against the training clock. With test-time flip: the same "
+        "model's accuracy on the mean of each test image's and its mirror's probabilities, beside the plain accuracy, "
+        "which the goal judges. Goal: "
         f"{settings['goal_accuracy']:.1%} within {settings['goal_seconds'] / 60:.0f} minutes end to end, judged on the median run.\n"
     )
     rows, curves = [], []
@@ -288,20 +292,21 @@ def _time_to_accuracy(table: dict[str, Any]) -> str:
             "failed" if failed else _percent(row["test_accuracy"]),
             f"{row['wall_seconds']:,.0f}", "-" if failed else f"{row['train_seconds']:,.0f}",
             "-" if failed else f"{row['wall_seconds'] - row['train_seconds']:,.0f}",
-            "-" if failed else row["epochs"], goal, per_run or "-",
+            "-" if failed else row["epochs"], _percent(row.get("test_time_flip_accuracy")), goal, per_run or "-",
         ])  # fmt: skip
         if failed:
             curves.append(f"- {row['title']}: exit {row['returncode']}: {row.get('error', '')} (log `{row['log']}`)")
         else:
             points = ", ".join(f"{point['seconds']:,.0f} s {point['val_accuracy']:.1%}" for point in row["curve"])
             curves.append(f"- {row['title']}: {points}")
-    header = ["recipe", "command (seed 0)", "median run", "test accuracy", "wall s", "training s", "other s", "epochs", "goal met", "runs"]
+    header = ["recipe", "command (seed 0)", "median run", "test accuracy", "wall s", "training s", "other s", "epochs",
+              "with test-time flip", "goal met", "runs"]  # fmt: skip
     budget_check = _budget_check(table.get("budget_check"))
     reference = table["reference"]
     reference_rows = [[model, preprocessing, f"{accuracy:.3f}"] for model, preprocessing, accuracy in reference["rows"]]
     return "\n".join([
         method,
-        _markdown_table(header, rows, "lllrrrrrll"),
+        _markdown_table(header, rows, "lllrrrrrrll"),
         "Validation accuracy by epoch (training clock):\n",
         "\n".join(curves) + "\n",
         *budget_check,
@@ -316,43 +321,63 @@ def _budget_check(check: dict[str, Any] | None) -> list[str]:
         return []
     if check["returncode"] != 0:
         return [f"Budget check (`{check['command']}`): exit {check['returncode']} (log `{check['log']}`).\n"]
-    plan = check["plan"]
+    plan = Plan(**check["plan"])
+    replanned = (
+        "" if plan.later_from_epoch is None
+        else f"; its check re-planned epochs {plan.later_from_epoch + 1}-{plan.epochs} to {plan.later_steps_per_epoch} steps"
+    )  # fmt: skip
     return [
         f"Budget check, one run (`{check['command']}`, {check['cores']} cores): wall time {check['wall_seconds']:.1f} s "
-        f"for a budget of {plan['budget_seconds']:.0f} s; the plan, made after {plan['planned_at']:.1f} s, chose "
-        f"{plan['epochs']} epoch(s) of {plan['steps_per_epoch']} steps at {plan['seconds_per_step'] * 1000:.1f} ms/step and "
-        f"expected the end at {plan['planned_at'] + plan['epochs'] * (plan['steps_per_epoch'] * plan['seconds_per_step'] + plan['seconds_per_validation']) + plan['finish_seconds']:.1f} s; "
+        f"for a budget of {plan.budget_seconds:.0f} s; the plan, made after {plan.planned_at:.1f} s, chose "
+        f"{plan.epochs} epoch(s) of {plan.steps_per_epoch} steps at {plan.seconds_per_step * 1000:.1f} ms/step{replanned}, "
+        f"{plan.total_steps} steps in all, and expected the end at {plan.expected_end:.1f} s; "
         f"test accuracy {_percent(check['test_accuracy'])}.\n"
     ]
 
 
 def _budget_sweep(table: dict[str, Any]) -> str:
     settings, anchor = table["settings"], table["anchor"]
-    goal = settings["goal_accuracy"]
+    goal, budgets = settings["goal_accuracy"], settings["budgets"]
     method = (
-        f"The default recipe (the main job's resnet20 and settings, `train --time-budget B`, no export) run once per "
-        f"budget, in increasing order, until a run reaches {goal:.0%} test accuracy; the time needed is that run's wall "
-        "time, process start to exit. Each budget is its own run: a budgeted run lays its whole schedule over its "
-        f"budget. The anchor is keras.io's Simple MNIST convnet ({anchor['epochs']} epochs), one run in the same bench "
-        f"run: {_percent(anchor['test_accuracy'])} in {anchor['wall_seconds']:.1f} s. Both pinned to the same cores. "
-        "`float32` stands in for a CPU without native bfloat16: its ratio times the anchor's wall time on such a "
-        "machine estimates the recipe's time there.\n"
+        f"Each candidate (an architecture and a precision; the rest is the main job's recipe, `train --arch A "
+        f"--time-budget B`, no export) runs once per budget; the default architecture is `{settings['default_arch']}`. "
+        f"A candidate's time to {goal:.0%} test accuracy is the wall time, process start to exit, of its first run "
+        "that reaches it. Each budget is its own run: a budgeted run lays its whole schedule over its budget. The "
+        f"anchor is keras.io's Simple MNIST convnet ({anchor['epochs']} epochs), one run in the same bench run: "
+        f"{_percent(anchor['test_accuracy'])} in {anchor['wall_seconds']:.1f} s"
+        + (
+            f"; under oneDNN's AVX2 kernels (`ONEDNN_MAX_CPU_ISA=AVX2`) {_percent(table['avx2_anchor']['test_accuracy'])} "
+            f"in {table['avx2_anchor']['wall_seconds']:.1f} s, the anchor of the candidate run under them"
+            if "avx2_anchor" in table else ""
+        )
+        + ". All pinned to the same cores. `float32` stands in for a CPU without native bfloat16, and float32 on "
+        "AVX2 kernels for an AVX2-only one: its ratio times the anchor's wall time on such a machine estimates the "
+        "recipe's time there.\n"
     )
-    rows = [
-        [precision, run["budget"], f"{run['wall_seconds']:.1f}", run["epochs"], _rate(run["images_per_second"]),
-         _percent(run["test_accuracy"]), "yes" if run["test_accuracy"] >= goal else "no"]
-        for precision, result in table["sweeps"].items() for run in result["runs"]
+    by_budget = [
+        [result["arch"], _sweep_precision(result),
+         *(_percent(run["test_accuracy"]) for run in result["runs"]),
+         "-" if result["seconds_to_goal"] is None else f"{result['seconds_to_goal']:.1f}",
+         f"{result.get('anchor_seconds', anchor['wall_seconds']):.1f}", _ratio(result["vs_anchor"])]
+        for result in table["sweeps"].values()
     ]  # fmt: skip
-    header = ["precision", "budget", "wall s", "epochs", "train img/s", "test accuracy", f"reached {goal:.0%}"]
-    summary = [
-        [precision, "-" if result["seconds_to_goal"] is None else f"{result['seconds_to_goal']:.1f}",
-         f"{anchor['wall_seconds']:.1f}", _ratio(result["vs_anchor"])]
-        for precision, result in table["sweeps"].items()
+    header = ["architecture", "precision", *(f"test accuracy, {budget} budget" for budget in budgets),
+              f"s to {goal:.0%}", "anchor s", "vs anchor (goal: 1.00x or less)"]  # fmt: skip
+    runs = [
+        [result["arch"], _sweep_precision(result), run["budget"], f"{run['wall_seconds']:.1f}", run["epochs"],
+         _rate(run["images_per_second"]), _percent(run["test_accuracy"])]
+        for result in table["sweeps"].values() for run in result["runs"]
     ]  # fmt: skip
     return "\n".join([
-        method, _markdown_table(header, rows, "llrrrrl"),
-        _markdown_table(["precision", f"s to {goal:.0%}", "anchor s", "ratio (goal: 1.00x or less)"], summary, "lrrr"),
+        method,
+        _markdown_table(header, by_budget, "ll" + "r" * (len(budgets) + 3)),
+        "Every run:\n",
+        _markdown_table(["architecture", "precision", "budget", "wall s", "epochs", "train img/s", "test accuracy"], runs, "lllrrrr"),
     ])  # fmt: skip
+
+
+def _sweep_precision(result: dict[str, Any]) -> str:
+    return result["precision"] + (", AVX2 kernels" if result.get("avx2_kernels") else "")
 
 
 def _float32_step(table: dict[str, Any]) -> str:

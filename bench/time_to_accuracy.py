@@ -1,19 +1,21 @@
 """Table 4: test accuracy against wall-clock time on Fashion-MNIST, on 2 CPU cores.
 
-Three recipes, one after the other in the same invocation, each a separate process pinned to
+Two recipes, one after the other in the same invocation, each a separate process pinned to
 `CORES` cores (the children inherit the CPU affinity of the thread that starts them):
-    (a) default        `python run_pipeline.py`: the main job, resnet20 trained within a 10-minute
-                       budget for the whole job, then exported
-    (b) best           `python run_pipeline.py train --config bench/recipes/fashion_mnist_best.yaml`
-    (c) keras_convnet  the keras.io "Simple MNIST convnet", `python -m bench.keras_convnet`
+    (a) default        `python run_pipeline.py`: the main job, the default architecture
+                       (`DEFAULT_ARCH`) trained within a 10-minute budget for the whole job, then exported
+    (b) keras_convnet  the keras.io "Simple MNIST convnet", `python -m bench.keras_convnet`
+(Until issue 13 a third row, resnet20 for 10 epochs with EMA, was the best recipe found; the
+default recipe now beats it in less time, and table 4b compares architectures at equal time.)
 Each recipe runs once per seed in SEEDS (all seeds of a recipe, then the next recipe); the
 table's row is the median run (the run with the median test accuracy, all its figures from that
 one run) and every run's figures follow it. Wall time is the process's, start to exit
 (imports, data loading, training, test evaluation, plots and saving included): what a user
 waits for. Curve points are the validation accuracy
-(the last 10% of the training images, the same for all three) at the end of each epoch against
+(the last 10% of the training images, the same for both) at the end of each epoch against
 the training clock; test accuracy is on the official 10,000 test images, once at the end.
-Goal: 93.0% test accuracy within 10 minutes end to end, judged on the median run. The curve
+Goal (issue 13): 93.5% test accuracy within 10 minutes end to end on a CPU with native bfloat16,
+92.0% on one without, judged on the median run. The curve
 is the median run's; table 5 exports seed 0's default-recipe run.
 
 Budget check: one more run, `train --time-budget 60s` on the full dataset, against the clock:
@@ -34,16 +36,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.common import REPO_ROOT, BenchContext
+from bench.common import REPO_ROOT, BenchContext, machine
+from pipeline.config import ModelConfig
 
 logger = logging.getLogger(__name__)
 
 CORES = 2
-GOAL_ACCURACY = 0.93
+# Issue 13's goal for the main job, by machine: 93.5% where the CPU computes bfloat16 natively,
+# 92.0% on one without (AVX2 only), within GOAL_SECONDS end to end.
+GOAL_ACCURACY = {True: 0.935, False: 0.92}  # native bfloat16 -> test accuracy
 GOAL_SECONDS = 600.0
-BEST_RECIPE = "bench/recipes/fashion_mnist_best.yaml"
-DEFAULT_RUN_NAME = "fashion_mnist-resnet20"  # run_pipeline.py's own name for the default recipe
-BEST_RUN_NAME = "fashion_mnist-resnet20-best"
+DEFAULT_ARCH = ModelConfig().arch
+DEFAULT_RUN_NAME = f"fashion_mnist-{DEFAULT_ARCH}"  # run_pipeline.py's own name for the default recipe
 KERAS_RESULT = "keras_convnet.json"
 SEEDS = (0, 1, 2)  # runs per recipe; the run with the median accuracy is reported
 QUICK_SEEDS = (0, 1)
@@ -102,15 +106,11 @@ def recipes(runs_dir: Path, quick: bool) -> list[Recipe]:
     pipeline_extra = ("--output-dir", display_path(runs_dir), "--overwrite", *(QUICK_TRAIN_ARGUMENTS if quick else ()))
     return [
         Recipe(
-            "default", "(a) default recipe: the main job, resnet20 in a 10-minute budget, exported",
+            "default", f"(a) default recipe: the main job, {DEFAULT_ARCH} in a 10-minute budget, exported",
             ("run_pipeline.py", *(("train",) if quick else ()), *pipeline_extra), DEFAULT_RUN_NAME,
         ),  # fmt: skip  (--quick skips the main job's export: table 5 checks exports)
         Recipe(
-            "best", "(b) best recipe found: resnet20, 10 epochs, EMA",
-            ("run_pipeline.py", "train", "--config", BEST_RECIPE, *pipeline_extra), BEST_RUN_NAME,
-        ),  # fmt: skip
-        Recipe(
-            "keras_convnet", "(c) keras.io Simple MNIST convnet, 15 epochs",
+            "keras_convnet", "(b) keras.io Simple MNIST convnet, 15 epochs",
             ("-m", "bench.keras_convnet", *(QUICK_KERAS_ARGUMENTS if quick else ())), None,
         ),  # fmt: skip
     ]
@@ -119,10 +119,11 @@ def recipes(runs_dir: Path, quick: bool) -> list[Recipe]:
 def run(context: BenchContext) -> dict[str, Any]:
     context.runs_dir.mkdir(parents=True, exist_ok=True)
     seeds = QUICK_SEEDS if context.quick else SEEDS
-    rows = [measure_recipe(recipe, seeds, context) for recipe in recipes(context.runs_dir, context.quick)]
+    goal = GOAL_ACCURACY[machine()["native_bfloat16"]]
+    rows = [measure_recipe(recipe, seeds, goal, context) for recipe in recipes(context.runs_dir, context.quick)]
     return {
         "status": "measured",
-        "settings": {"cores": CORES, "goal_accuracy": GOAL_ACCURACY, "goal_seconds": GOAL_SECONDS, "seeds": list(seeds)},
+        "settings": {"cores": CORES, "goal_accuracy": goal, "goal_seconds": GOAL_SECONDS, "seeds": list(seeds)},
         "rows": rows,
         "budget_check": measure_budget_check(context),
         "reference": {"source": REFERENCE_SOURCE, "rows": [list(row) for row in REFERENCE_ROWS]},
@@ -145,9 +146,9 @@ def measure_budget_check(context: BenchContext) -> dict[str, Any]:
     return check
 
 
-def measure_recipe(recipe: Recipe, seeds: tuple[int, ...], context: BenchContext) -> dict[str, Any]:
+def measure_recipe(recipe: Recipe, seeds: tuple[int, ...], goal: float, context: BenchContext) -> dict[str, Any]:
     """One row: the recipe's median run (one run per seed), each run's figures under "runs"."""
-    runs = [measure_run(recipe, seed, context) for seed in seeds]
+    runs = [measure_run(recipe, seed, goal, context) for seed in seeds]
     first = runs[0]
     row: dict[str, Any] = {"recipe": recipe.key, "title": recipe.title, "command": first["command"], "runs": runs}
     failed = [run for run in runs if run["returncode"] != 0]
@@ -167,6 +168,7 @@ def measure_recipe(recipe: Recipe, seeds: tuple[int, ...], context: BenchContext
         train_seconds=median_run["train_seconds"],
         epochs=median_run["epochs"],
         images_per_second=median_run.get("images_per_second"),
+        test_time_flip_accuracy=median_run.get("test_time_flip_accuracy"),
         curve=median_run["curve"],
         log=median_run["log"],
     )
@@ -174,7 +176,7 @@ def measure_recipe(recipe: Recipe, seeds: tuple[int, ...], context: BenchContext
         row["run_dir"] = first["run_dir"]  # seed 0's, exported by table 5
     if "parameters" in first:
         row["parameters"] = first["parameters"]
-    row["goal_met"] = _meets_goal(row["test_accuracy"], row["wall_seconds"])
+    row["goal_met"] = _meets_goal(row["test_accuracy"], row["wall_seconds"], goal)
     row["runs_meeting_goal"] = sum(run["goal_met"] for run in runs)
     logger.info(
         "time to accuracy %s: median run seed %d, %.2f%% in %.0f s (seeds %s)", recipe.key, median_run["seed"],
@@ -183,7 +185,7 @@ def measure_recipe(recipe: Recipe, seeds: tuple[int, ...], context: BenchContext
     return row
 
 
-def measure_run(recipe: Recipe, seed: int, context: BenchContext) -> dict[str, Any]:
+def measure_run(recipe: Recipe, seed: int, goal: float, context: BenchContext) -> dict[str, Any]:
     arguments, result = recipe.for_seed(seed, context.runs_dir)
     log_path = context.runs_dir / (f"{recipe.key}.log" if seed == 0 else f"{recipe.key}-seed{seed}.log")
     logger.info("time to accuracy %s seed %d: %s (log %s)", recipe.key, seed, shlex.join(["python", *arguments]), log_path)
@@ -195,21 +197,25 @@ def measure_run(recipe: Recipe, seed: int, context: BenchContext) -> dict[str, A
         logger.warning("time to accuracy %s seed %d failed (exit %d): %s", recipe.key, seed, returncode, run["error"])
         return run
     run.update(keras_result(result) if recipe.run_name is None else pipeline_result(result))
-    run["goal_met"] = _meets_goal(run["test_accuracy"], wall_seconds)
+    run["goal_met"] = _meets_goal(run["test_accuracy"], wall_seconds, goal)
     logger.info("time to accuracy %s seed %d: %.2f%% in %.0f s", recipe.key, seed, 100 * run["test_accuracy"], wall_seconds)
     return run
 
 
-def _meets_goal(test_accuracy: float, wall_seconds: float) -> bool:
-    return test_accuracy >= GOAL_ACCURACY and wall_seconds <= GOAL_SECONDS
+def _meets_goal(test_accuracy: float, wall_seconds: float, goal: float) -> bool:
+    return test_accuracy >= goal and wall_seconds <= GOAL_SECONDS
 
 
-def timed_run(arguments: tuple[str, ...], log_path: Path, quick: bool) -> dict[str, Any]:
-    """`python ARGUMENTS` pinned to CORES cores, its output in `log_path`: the command, cores, exit code and wall seconds."""
+def timed_run(
+    arguments: tuple[str, ...], log_path: Path, quick: bool, environment: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """`python ARGUMENTS` pinned to CORES cores with `environment` added to ours, its output in
+    `log_path`: the command, cores, exit code and wall seconds."""
     timeout = QUICK_TIMEOUT_SECONDS if quick else FULL_TIMEOUT_SECONDS
-    returncode, wall_seconds, cores = _run_pinned([sys.executable, *arguments], log_path, timeout)
+    returncode, wall_seconds, cores = _run_pinned([sys.executable, *arguments], log_path, timeout, environment or {})
+    prefix = [f"{name}={value}" for name, value in (environment or {}).items()]
     return {
-        "command": shlex.join(["python", *arguments]),
+        "command": " ".join([*prefix, shlex.join(["python", *arguments])]),
         "cores": cores,
         "returncode": returncode,
         "wall_seconds": round(wall_seconds, 1),
@@ -217,11 +223,11 @@ def timed_run(arguments: tuple[str, ...], log_path: Path, quick: bool) -> dict[s
     }
 
 
-def _run_pinned(command: list[str], log_path: Path, timeout: float) -> tuple[int, float, int]:
+def _run_pinned(command: list[str], log_path: Path, timeout: float, added: dict[str, str]) -> tuple[int, float, int]:
     """Run `command` on at most CORES of this process's cores; (exit code, wall seconds, cores used)."""
     allowed = sorted(os.sched_getaffinity(0))
     pinned = set(allowed[:CORES])
-    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
+    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1", **added}
     os.sched_setaffinity(0, pinned)  # this thread's mask, inherited by the child; restored below
     try:
         with open(log_path, "w") as log:
@@ -248,6 +254,7 @@ def pipeline_result(run_dir: Path) -> dict[str, Any]:
             curve.append({"epoch": int(record["epoch"]) + 1, "seconds": round(clock, 2), "val_accuracy": float(record["val_accuracy"])})
     return {
         "test_accuracy": float(metrics["top1_accuracy"]),
+        "test_time_flip_accuracy": run_facts.get("test_time_flip", {}).get("top1_accuracy"),
         "train_seconds": run_facts.get("train_seconds"),
         "epochs": run_facts.get("epochs"),
         "images_per_second": run_facts.get("images_per_second"),

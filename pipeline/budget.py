@@ -9,9 +9,11 @@ Training", ICLR 2020) found that schedules decaying to zero at the budget's end 
 
 The plan is made once, agreed by every worker (the chief's measurements decide), checked once
 against the faster of the first two whole epochs run under it (whose clocks include backups
-and saving, which the first steps do not show: fewer epochs if the rest would overrun, never
-more), and saved with
-each backup, so a resumed run keeps the plan it had.
+and saving, which the first steps do not show), and saved with each backup, so a resumed run
+keeps the plan it had. The check re-plans the remaining epochs' length, shorter or longer (up
+to a whole pass of the split), so that they end on time; only where an epoch would shrink below
+half its length does it drop epochs instead. Cutting whole epochs at every small overrun left
+up to a fifth of a budget unused (BENCHMARKS.md, table 4b).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import math
 import os
 import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from architectures.errors import UserError
 
@@ -91,10 +93,24 @@ class Plan:
     seconds_per_validation: float
     finish_seconds: float  # held back for the test evaluation, saving and export
     planned_at: float  # job seconds when the plan was made
+    # Set by the check (`replan_remaining`): epochs from `later_from_epoch` (0-based) on take
+    # `later_steps_per_epoch` steps; None until then (and in plans saved before the check existed).
+    later_from_epoch: int | None = None
+    later_steps_per_epoch: int | None = None
+
+    def steps_in_epoch(self, epoch: int) -> int:
+        """Steps of the 0-based `epoch`."""
+        if self.later_from_epoch is None or epoch < self.later_from_epoch:
+            return self.steps_per_epoch
+        return self.later_steps_per_epoch
+
+    def steps_before(self, epoch: int) -> int:
+        """Steps of the epochs before the 0-based `epoch`."""
+        return sum(self.steps_in_epoch(earlier) for earlier in range(epoch))
 
     @property
     def total_steps(self) -> int:
-        return self.epochs * self.steps_per_epoch
+        return self.steps_before(self.epochs)
 
     @property
     def expected_end(self) -> float:
@@ -113,6 +129,15 @@ class Plan:
             f"{self.warmup_steps}), about {self.training_seconds:.0f} s of training and validation, "
             f"{self.finish_seconds:.0f} s kept for the test evaluation and export; expected end at "
             f"{self.expected_end:.0f} s"
+        )
+
+    def describe_replan(self, before: Plan, epoch_seconds: float) -> str:
+        planned = before.seconds_per_step * before.steps_per_epoch + before.seconds_per_validation
+        return (
+            f"time budget: a whole epoch took {epoch_seconds:.1f} s against {planned:.1f} s planned; the "
+            f"{self.epochs - self.later_from_epoch} remaining epoch(s) take {self.later_steps_per_epoch} steps each "
+            f"(planned {before.epochs - self.later_from_epoch} x {before.steps_per_epoch}), {self.total_steps} steps "
+            f"in all"
         )
 
     def to_json(self) -> str:
@@ -186,10 +211,34 @@ def plan_training(
     )
 
 
-def epochs_that_fit(plan: Plan, *, epochs_done: int, epoch_seconds: float, now: float) -> int:
-    """The plan's epochs, or fewer where the remaining ones at `epoch_seconds` each (a measured
-    whole epoch) would end the job after its budget; at least the epochs already done."""
+def replan_remaining(plan: Plan, *, epochs_done: int, epoch_seconds: float, now: float, split_steps: int) -> Plan:
+    """The plan with its remaining epochs sized to end the job on time, given `epoch_seconds`, the
+    wall time of a whole epoch of `plan.steps_per_epoch` steps measured under it (validation,
+    backups and saving included), at job second `now`.
+
+    The measured epoch less the planned validation, per step, prices a step; the remaining epochs
+    keep their number and share what is left, each at most `split_steps` (a pass of the split).
+    Where that would shrink them below half their planned length, fewer, full-length epochs
+    are kept instead (an epoch's validation is what dropping one saves).
+    """
+    remaining = plan.epochs - epochs_done
+    if remaining <= 0 or epoch_seconds <= 0:
+        return plan
     safety = SAFETY_SECONDS + SAFETY_FRACTION * plan.budget_seconds
     available = plan.budget_seconds - safety - now - plan.finish_seconds
-    more = max(0, math.floor(available / epoch_seconds)) if epoch_seconds > 0 else plan.epochs
-    return max(epochs_done, min(plan.epochs, epochs_done + more))
+    validation = plan.seconds_per_validation
+    per_step = max(epoch_seconds - validation, 1e-9) / plan.steps_per_epoch
+    kept = None
+    for epochs in range(remaining, 0, -1):
+        length = min(split_steps, math.floor((available / epochs - validation) / per_step))
+        if length >= plan.steps_per_epoch / 2:
+            kept = (epochs, length)
+            break
+    if kept is None:  # not even one half-length epoch fits: one epoch of what does, or none
+        length = min(split_steps, math.floor((available - validation) / per_step))
+        kept = (1, length) if length >= 1 else (0, 0)
+    epochs, length = kept
+    if epochs == remaining and length == plan.steps_per_epoch:
+        return plan
+    replanned = replace(plan, epochs=epochs_done + epochs, later_from_epoch=epochs_done, later_steps_per_epoch=length)
+    return replace(replanned, warmup_steps=max(0, min(plan.warmup_steps, replanned.total_steps - 1)))

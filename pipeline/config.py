@@ -54,12 +54,14 @@ class AugmentConfig:
     mixup_alpha: float = 0.0  # 0: off
     cutmix_alpha: float = 0.0  # 0: off
     random_erasing: float = 0.0  # probability per image; 0: off
-    test_time_flip: bool = False  # also report test accuracy on probabilities averaged with the mirrored image's; exports stay single-pass
+    # Also report test accuracy on probabilities averaged with the mirrored image's (on by default,
+    # as horizontal_flip is: a model trained on mirrored images may be asked about them); exports stay single-pass.
+    test_time_flip: bool = True
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    arch: str = "resnet20"  # any name from `run_pipeline.py models`
+    arch: str = "airbench94_w16"  # any name from `run_pipeline.py models`; BENCHMARKS.md table 4b chose this default
     small_input: bool | None = None  # None: on when the image side is below the family's min size
     options: dict[str, Any] = field(default_factory=dict)  # family options, e.g. {output_stride: 16}
     weights: str | None = None  # "imagenet" (keras.applications' file and preprocessing) or a file (.h5, .weights.h5, .keras)

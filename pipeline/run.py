@@ -430,7 +430,9 @@ def _evaluate_model(model: keras.Model, splits, test_time_flip: bool = False) ->
     flip_report = None if flip_averaged is None else evaluate.classification_report(labels, flip_averaged, splits.class_names)
     shown = evaluate.most_confident_mistakes(labels, probabilities)[: evaluate.MISCLASSIFIED_SHOWN]
     wanted = tf.constant(np.isin(np.arange(len(labels)), shown))
-    kept = splits.test.enumerate().filter(lambda position, example: wanted[position]).map(lambda position, example: example[0])
+    # One lambda per line: autograph cannot tell two same-signature lambdas on a line apart (it warns).
+    picked = splits.test.enumerate().filter(lambda position, example: wanted[position])
+    kept = picked.map(lambda position, example: example[0])
     images = np.stack(list(kept.as_numpy_iterator())) if len(shown) else np.zeros((0, *splits.image_shape), np.uint8)
     in_order = np.sort(shown)
     return report, flip_report, images, probabilities[in_order], labels[in_order]

@@ -32,7 +32,7 @@ import tensorflow as tf
 
 import architectures
 from architectures import pretrained
-from pipeline.budget import Measurements, Plan, epochs_that_fit, job_seconds, plan_training
+from pipeline.budget import Measurements, Plan, job_seconds, plan_training, replan_remaining
 from pipeline.config import ModelConfig, TrainConfig, use_small_input
 from pipeline.data.pipelines import model_inputs
 
@@ -324,7 +324,9 @@ class Trainer:
         self.strategy = strategy
         self.config = config
         self.num_classes = num_classes
-        self.steps_per_epoch = steps_per_epoch
+        self.steps_per_epoch = steps_per_epoch  # of the epoch running now: a budget's plan sets it per epoch
+        self.split_steps_per_epoch = steps_per_epoch  # a whole pass of the split (or train.steps_per_epoch)
+        self.plan: Plan | None = None
         self.global_batch_size = global_batch_size
         self.show_progress = show_progress
         self.budget = budget
@@ -358,11 +360,13 @@ class Trainer:
     ) -> LoopState:
         plan_checked = state.plan is not None  # a resumed run keeps the plan it was saved with
         if state.plan is not None:
-            self._follow(state.plan)
+            self._follow(state.plan, state.epoch)
         planned_epoch_seconds: list[float] = []  # whole epochs run under the plan, backups and saving included
         with self.stop_requests.catching_signals():
             while state.epoch < self.epochs:
                 planned_before_epoch, epoch_started = state.plan is not None, time.perf_counter()
+                if state.plan is not None:
+                    self.steps_per_epoch = state.plan.steps_in_epoch(state.epoch)
                 record = self._run_epoch(state, train_dataset_fn, validation, on_backup)
                 best = max((r.val_accuracy for r in state.history), default=-1.0)
                 state.history.append(record)
@@ -396,7 +400,7 @@ class Trainer:
             meter.show(state.step_in_epoch)
             if self.budget and state.plan is None and meter.measured_enough(state.step_in_epoch >= self.steps_per_epoch):
                 state.plan = self._plan(state, meter)
-                self._follow(state.plan)
+                self._follow(state.plan, state.epoch)
             if self.stop_requests.agreed():
                 on_backup(state)
                 raise self.stop_requests.stopped(epoch, state.step_in_epoch)
@@ -424,7 +428,7 @@ class Trainer:
             budget_seconds=self.budget.seconds,
             measured=Measurements(*(float(value) for value in measured)),
             steps_done=state.step_in_epoch,
-            steps_per_split_epoch=self.steps_per_epoch,
+            steps_per_split_epoch=self.split_steps_per_epoch,
             validation_images=self.budget.validation_images,
             test_images=self.budget.test_images,
             exporting=self.budget.exporting,
@@ -437,22 +441,20 @@ class Trainer:
 
     def _checked_plan(self, state: LoopState, epoch_seconds: float) -> Plan:
         """The plan against the first whole epochs run under it, whose clock includes what the plan
-        could not see (backups, saving the best weights, a fresh input iterator): with fewer epochs
-        if the rest would overrun the budget, never with more."""
+        could not see (backups, saving the best weights, a fresh input iterator): the remaining
+        epochs shortened or lengthened to end on time (`replan_remaining`)."""
         measured = self._chiefs(np.array([epoch_seconds, job_seconds()]))
         plan = state.plan
-        epochs = epochs_that_fit(plan, epochs_done=state.epoch, epoch_seconds=float(measured[0]), now=float(measured[1]))
-        if epochs >= plan.epochs:
+        replanned = replan_remaining(
+            plan, epochs_done=state.epoch, epoch_seconds=float(measured[0]), now=float(measured[1]),
+            split_steps=self.split_steps_per_epoch,
+        )  # fmt: skip
+        if replanned == plan:
             logger.info("time budget: a whole epoch took %.1f s; keeping the plan's %d epochs", measured[0], plan.epochs)
             return plan
-        logger.info(
-            "time budget: a whole epoch took %.1f s against %.1f s planned; the run now has %d epochs in all, not %d",
-            measured[0], plan.seconds_per_step * plan.steps_per_epoch + plan.seconds_per_validation,
-            epochs, plan.epochs,
-        )  # fmt: skip
-        plan = dataclasses.replace(plan, epochs=epochs, warmup_steps=min(plan.warmup_steps, epochs * plan.steps_per_epoch - 1))
-        self._follow(plan)
-        return plan
+        logger.info("%s", replanned.describe_replan(plan, float(measured[0])))
+        self._follow(replanned, state.epoch)
+        return replanned
 
     def _chiefs(self, measured: np.ndarray) -> np.ndarray:
         """The chief's `measured` on every worker (a collective call under multi-worker), so all plan alike."""
@@ -461,8 +463,11 @@ class Trainer:
         chief_only = measured if self.budget.chief else np.zeros_like(measured)
         return _sum_over_workers(self.strategy, tf.constant(chief_only)).numpy()
 
-    def _follow(self, plan: Plan) -> None:
-        self.epochs, self.steps_per_epoch = plan.epochs, plan.steps_per_epoch
+    def _follow(self, plan: Plan, epoch: int) -> None:
+        """The plan's epochs, the length of `epoch` (0-based, the one running or next) and the
+        schedule's lengths."""
+        self.plan = plan
+        self.epochs, self.steps_per_epoch = plan.epochs, plan.steps_in_epoch(epoch)
         learning_rate_schedule(self.optimizer).set_lengths(plan.total_steps, plan.warmup_steps)
 
     def _compiled_train_steps(self) -> Callable[[object, tf.Tensor], tf.Tensor]:
@@ -474,7 +479,7 @@ class Trainer:
     def _backup_due(self, epoch: int, step_in_epoch: int, steps_just_run: int) -> bool:
         """Every `backup_every_steps` global steps, except at the epoch's end (which backs up anyway)."""
         every = self.config.backup_every_steps
-        global_step = epoch * self.steps_per_epoch + step_in_epoch
+        global_step = (self.plan.steps_before(epoch) if self.plan else epoch * self.steps_per_epoch) + step_in_epoch
         return bool(every) and global_step % every < steps_just_run and step_in_epoch < self.steps_per_epoch
 
 

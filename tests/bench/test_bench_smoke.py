@@ -106,7 +106,7 @@ def test_quick_rows_hold_the_measured_figures(quick_output):
     assert scale["ready"][0]["resumed_skipped_batches"] > 0 and scale["ready"][0]["fresh_first_batch_seconds"] > 0
     assert scale["ready"][0]["caches_dropped"] is False  # a quick run leaves the machine's caches alone
     recipes = {row["recipe"]: row for row in tables["time_to_accuracy"]["rows"]}
-    assert list(recipes) == ["default", "best", "keras_convnet"]
+    assert list(recipes) == ["default", "keras_convnet"]
     for row in recipes.values():
         assert row["returncode"] == 0, row.get("error")
         assert 0.0 <= row["test_accuracy"] <= 1.0 and len(row["curve"]) == row["epochs"] == 1
@@ -120,10 +120,13 @@ def test_quick_rows_hold_the_measured_figures(quick_output):
     assert check["plan"]["budget_seconds"] == 30 and check["plan"]["epochs"] == check["epochs"] >= 1
     sweep = tables["budget_sweep"]
     assert sweep["anchor"]["returncode"] == 0 and sweep["anchor"]["wall_seconds"] > 0
-    (point,) = sweep["sweeps"]["auto"]["runs"]  # one budget in a quick run
+    (candidate,) = sweep["sweeps"].values()  # the default architecture only, one budget, in a quick run
+    (point,) = candidate["runs"]
+    assert (candidate["arch"], candidate["precision"]) == (sweep["settings"]["default_arch"], "auto")
     assert point["returncode"] == 0 and "--time-budget 30s" in point["command"] and "train.precision=auto" in point["command"]
+    assert f"--arch {candidate['arch']}" in point["command"]
     reached = point["test_accuracy"] >= sweep["settings"]["goal_accuracy"]
-    assert sweep["sweeps"]["auto"]["seconds_to_goal"] == (point["wall_seconds"] if reached else None)
+    assert candidate["seconds_to_goal"] == (point["wall_seconds"] if reached else None)
     steps = {row["variant"]: row for row in tables["float32_step"]["rows"]}
     assert steps["float32, AVX2 kernels"]["environment"] == {"ONEDNN_MAX_CPU_ISA": "AVX2"} and steps["float32, AVX2 kernels"]["vs_baseline"] == 1.0
     assert all(row["images_per_second"] > 0 and row["train"]["precision"] == "float32" for row in steps.values())

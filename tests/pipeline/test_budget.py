@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from architectures.errors import UserError
-from pipeline.budget import Measurements, Plan, epochs_that_fit, parse_duration, plan_training
+from pipeline.budget import Measurements, Plan, parse_duration, plan_training, replan_remaining
 from pipeline.checkpoints import BackupManager
 from pipeline.config import TrainConfig
 from pipeline.data import array_split, evaluation_images
@@ -95,9 +95,18 @@ def test_the_schedule_is_keras_cosine_decay_and_ends_at_zero_after_new_lengths_a
     assert float(traced(tf.constant(60))) == 0.0 and float(traced(tf.constant(70))) == 0.0
 
 
-def test_a_backup_keeps_the_plan_and_a_resumed_trainer_follows_it_without_planning_again(tmp_path):
+@pytest.mark.parametrize(
+    "later, steps_last_epoch, total_steps, steps_run",
+    [
+        ({}, 2, 6, 3),  # step 2 of epoch 2, then epoch 3's 2 steps
+        ({"later_from_epoch": 2, "later_steps_per_epoch": 3}, 3, 7, 4),  # re-planned: epoch 3 has 3 steps
+    ],
+)
+def test_a_backup_keeps_the_plan_and_a_resumed_trainer_follows_it_without_planning_again(
+    tmp_path, later, steps_last_epoch, total_steps, steps_run
+):
     plan = Plan(budget_seconds=1.0, epochs=3, steps_per_epoch=2, warmup_steps=1, seconds_per_step=0.01,
-                seconds_per_validation=0.01, finish_seconds=0.5, planned_at=0.2)  # fmt: skip
+                seconds_per_validation=0.01, finish_seconds=0.5, planned_at=0.2, **later)  # fmt: skip
     config = TrainConfig(epochs=9, steps_per_execution=1, learning_rate=0.01, time_budget="1s")
     model = _constant_classifier(2, favourite=0)
     optimizer = make_optimizer(config, 4)
@@ -122,10 +131,10 @@ def test_a_backup_keeps_the_plan_and_a_resumed_trainer_follows_it_without_planni
         validation=validation, on_backup=lambda current: None, on_epoch_end=lambda record, is_best: None,
     )  # fmt: skip
     assert (state.epoch, len(state.history), state.plan) == (3, 2, plan)
-    assert (trainer.epochs, trainer.steps_per_epoch) == (3, 2)
+    assert (trainer.epochs, trainer.steps_per_epoch) == (3, steps_last_epoch)
     schedule = learning_rate_schedule(optimizer)
-    assert (float(schedule.total_steps.numpy()), float(schedule.warmup_steps.numpy())) == (6.0, 1.0)
-    assert int(optimizer.iterations.numpy()) == 3  # step 2 of epoch 2, then epoch 3's 2 steps
+    assert (float(schedule.total_steps.numpy()), float(schedule.warmup_steps.numpy())) == (total_steps, 1.0)
+    assert int(optimizer.iterations.numpy()) == steps_run
 
 
 @needs_fashion_mnist
@@ -163,11 +172,55 @@ def test_a_hopeless_budget_is_one_line_exit_2_and_leaves_no_run_directory(tmp_pa
     assert not (tmp_path / "hopeless").exists()
 
 
-def test_the_plan_is_cut_to_the_epochs_a_measured_whole_epoch_leaves_room_for_and_never_grows():
-    plan = _plan()  # 10 epochs of 466 steps, 60 s kept for the finish, a safety of 23 s
-    # At 150 s of the job with 3 epochs done, 600 - 23 - 150 - 60 = 367 s remain: 7 more epochs
-    # of 50 s fit (350 s), 7 of 53 s do not (371 s).
-    assert epochs_that_fit(plan, epochs_done=3, epoch_seconds=50.0, now=150.0) == 10
-    assert epochs_that_fit(plan, epochs_done=3, epoch_seconds=53.0, now=150.0) == 9
-    assert epochs_that_fit(plan, epochs_done=3, epoch_seconds=20.0, now=150.0) == 10  # never more than planned
-    assert epochs_that_fit(plan, epochs_done=3, epoch_seconds=500.0, now=550.0) == 3  # never fewer than done
+def _ends_by(plan: Plan, epochs_done: int, now: float, per_step: float) -> float:
+    """Job second at which `plan`'s remaining epochs end at `per_step` and its planned validations."""
+    steps = plan.total_steps - plan.steps_before(epochs_done)
+    return now + steps * per_step + (plan.epochs - epochs_done) * plan.seconds_per_validation
+
+
+def test_a_check_on_schedule_keeps_the_plan_within_a_step():
+    plan = _plan()  # 10 epochs of 466 steps at 0.1 s and a 3 s validation: 49.6 s each
+    now = plan.planned_at + 3 * 49.6
+    replanned = replan_remaining(plan, epochs_done=3, epoch_seconds=49.6, now=now, split_steps=468)
+    assert replanned.epochs == 10
+    assert abs(replanned.steps_in_epoch(5) - 466) <= 1  # the plan's own rounding: 466.9 steps fitted
+
+
+def test_a_slower_epoch_shortens_the_remaining_epochs_instead_of_dropping_one():
+    plan = _plan()
+    # 5% slower: 52.08 s an epoch, 3 done at 176.29 s; 600 - 23 - 176.29 - 60 = 340.71 s for 7
+    # epochs: 48.67 s each less the 3 s validation at (52.08 - 3) / 466 = 0.1053 s a step: 433 steps.
+    now = plan.planned_at + 3 * 52.08
+    replanned = replan_remaining(plan, epochs_done=3, epoch_seconds=52.08, now=now, split_steps=468)
+    assert (replanned.epochs, replanned.later_from_epoch, replanned.later_steps_per_epoch) == (10, 3, 433)
+    assert [replanned.steps_in_epoch(epoch) for epoch in (0, 2, 3, 9)] == [466, 466, 433, 433]
+    assert replanned.total_steps == 3 * 466 + 7 * 433
+    assert _ends_by(replanned, 3, now, (52.08 - 3) / 466) <= 600 - 23 - 60
+    assert replanned.warmup_steps == plan.warmup_steps
+
+
+def test_a_faster_epoch_lengthens_the_remaining_epochs_up_to_a_pass_of_the_split():
+    plan = _plan()
+    replanned = replan_remaining(plan, epochs_done=3, epoch_seconds=40.0, now=plan.planned_at + 120.0, split_steps=468)
+    assert (replanned.epochs, replanned.later_steps_per_epoch) == (10, 468)
+
+
+def test_a_much_slower_machine_keeps_fewer_epochs_of_at_least_half_length():
+    plan = _plan()
+    # 100 s an epoch (0.2082 s a step), 3 done at 320 s: 197 s left. 7 epochs would be 120 steps
+    # each, 4 epochs 222, both under half of 466; 3 epochs of 301 steps fit.
+    replanned = replan_remaining(plan, epochs_done=3, epoch_seconds=100.0, now=320.0, split_steps=468)
+    assert (replanned.epochs, replanned.later_steps_per_epoch) == (6, 301)
+    assert _ends_by(replanned, 3, 320.0, (100.0 - 3) / 466) <= 600 - 23 - 60
+    # No time left for another epoch: the run ends with the epochs it has.
+    ended = replan_remaining(plan, epochs_done=3, epoch_seconds=100.0, now=560.0, split_steps=468)
+    assert (ended.epochs, ended.total_steps) == (3, 3 * 466)
+
+
+def test_a_replanned_plan_survives_json_and_a_plan_saved_before_replanning_existed_loads():
+    plan = _plan()
+    replanned = replan_remaining(plan, epochs_done=3, epoch_seconds=52.08, now=176.29, split_steps=468)
+    assert Plan.from_json(replanned.to_json()) == replanned
+    older = json.loads(plan.to_json())
+    del older["later_from_epoch"], older["later_steps_per_epoch"]
+    assert Plan.from_json(json.dumps(older)) == plan

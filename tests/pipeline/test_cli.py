@@ -83,5 +83,5 @@ def test_launch_called_through_main_reads_its_argv_not_sys_argv(monkeypatch, tmp
     assert started == {
         "workers": 2,
         "cli_arguments": ["train", "--epochs=1", f"--output-dir={tmp_path}"],
-        "run_dir": tmp_path / "fashion_mnist-resnet20",
+        "run_dir": tmp_path / "fashion_mnist-airbench94_w16",
     }

@@ -19,9 +19,9 @@ def write_yaml(tmp_path, text):
 
 def test_defaults_are_the_fashion_mnist_recipe():
     config = load_config()
-    assert (config.data.dataset, config.model.arch) == ("fashion_mnist", "resnet20")
+    assert (config.data.dataset, config.model.arch) == ("fashion_mnist", "airbench94_w16")
     validate(config)
-    assert str(config.run_dir) == "runs/fashion_mnist-resnet20"
+    assert str(config.run_dir) == "runs/fashion_mnist-airbench94_w16"
 
 
 def test_precedence_defaults_yaml_flags_then_set(tmp_path):
@@ -96,8 +96,8 @@ def test_an_existing_directory_is_accepted_as_an_image_folder_and_names_the_run(
     photos.mkdir()
     config = load_config(assignments=[f"data.dataset={photos}"])
     validate(config)
-    assert config.run_dir.name == "my_photos-resnet20"
-    assert load_config(assignments=[f"data.dataset=folder:{photos}"]).run_dir.name == "folder-my_photos-resnet20"
+    assert config.run_dir.name == "my_photos-airbench94_w16"
+    assert load_config(assignments=[f"data.dataset=folder:{photos}"]).run_dir.name == "folder-my_photos-airbench94_w16"
 
 
 @pytest.mark.parametrize(
@@ -142,7 +142,7 @@ def test_every_shipped_recipe_loads_and_validates(recipe):
 def test_default_recipe_file_equals_the_main_job():
     import run_pipeline
 
-    config = load_config(str(REPO_ROOT / "configs" / "fashion_mnist_resnet20.yaml"))
+    config = load_config(str(REPO_ROOT / "configs" / "fashion_mnist.yaml"))
     defaults = RunConfig()
     assert config == dataclasses.replace(
         defaults, train=dataclasses.replace(defaults.train, time_budget=run_pipeline.MAIN_JOB_BUDGET)

@@ -149,7 +149,7 @@ def test_offline_without_cached_file_exits_2_with_one_line_naming_the_expected_p
     (["model.weights=imagenet", "train.freeze_backbone_epochs=9"], r"freeze_backbone_epochs must be in \[0, epochs=8\]"),
     (["model.weights=imagenet", "train.fine_tune_learning_rate=0"], "fine_tune_learning_rate must be > 0"),
     (["model.weights=imagenet", "data.channels=1", "model.arch=mobilenet_v2"], "ImageNet weights take RGB images"),
-    (["model.weights=imagenet"], "publishes no ImageNet weights for resnet20"),
+    (["model.weights=imagenet"], "publishes no ImageNet weights for airbench94_w16"),
 ])  # fmt: skip
 def test_fine_tuning_settings_are_checked_before_any_work(assignments, message):
     with pytest.raises(UserError, match=message):

@@ -214,12 +214,12 @@ def test_training_on_a_messy_image_folder_skips_and_reports_bad_files(tmp_path):
 def test_main_job_without_a_subcommand_trains_evaluates_and_exports(tmp_path):
     result = run_cli(*TINY_RUN, "--output-dir", str(tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
-    run_dir = tmp_path / "fashion_mnist-resnet20"
+    run_dir = tmp_path / "fashion_mnist-airbench94_w16"
     assert "test accuracy" in result.stdout and "total wall time" in result.stdout
-    assert (run_dir / "export" / "fashion_mnist-resnet20" / "1" / "saved_model.pb").is_file()
-    assert sorted(p.name for p in (run_dir / "export" / "tflite" / "fashion_mnist-resnet20" / "1").glob("*.tflite")) == [
-        "fashion_mnist-resnet20_float32.tflite",
-        "fashion_mnist-resnet20_int8.tflite",
+    assert (run_dir / "export" / "fashion_mnist-airbench94_w16" / "1" / "saved_model.pb").is_file()
+    assert sorted(p.name for p in (run_dir / "export" / "tflite" / "fashion_mnist-airbench94_w16" / "1").glob("*.tflite")) == [
+        "fashion_mnist-airbench94_w16_float32.tflite",
+        "fashion_mnist-airbench94_w16_int8.tflite",
     ]
     report = json.loads((run_dir / "export" / "export_report.json").read_text())
     assert {(a["format"], a["quantization"]) for a in report["artefacts"]} >= {("saved_model", "none"), ("tflite", "int8")}
