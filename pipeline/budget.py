@@ -10,10 +10,9 @@ Training", ICLR 2020) found that schedules decaying to zero at the budget's end 
 The plan is made once, agreed by every worker (the chief's measurements decide), checked once
 against the faster of the first two whole epochs run under it (whose clocks include backups
 and saving, which the first steps do not show), and saved with each backup, so a resumed run
-keeps the plan it had. The check re-plans the remaining epochs' length, shorter or longer (up
-to a whole pass of the split), so that they end on time; only where an epoch would shrink below
-half its length does it drop epochs instead. Cutting whole epochs at every small overrun left
-up to a fifth of a budget unused (BENCHMARKS.md, table 4b).
+keeps the plan it had. The check re-plans the remaining epochs, their length (up to a pass of
+the split) and their number, to end on time: cutting whole epochs at every small overrun, and
+never adding any, left up to a quarter of short budgets unused (BENCHMARKS.md, table 4b).
 """
 
 from __future__ import annotations
@@ -133,6 +132,11 @@ class Plan:
 
     def describe_replan(self, before: Plan, epoch_seconds: float) -> str:
         planned = before.seconds_per_step * before.steps_per_epoch + before.seconds_per_validation
+        if self.epochs == self.later_from_epoch:
+            return (
+                f"time budget: a whole epoch took {epoch_seconds:.1f} s against {planned:.1f} s planned; no time is left "
+                f"for another epoch, so the run ends after {self.epochs}"
+            )
         return (
             f"time budget: a whole epoch took {epoch_seconds:.1f} s against {planned:.1f} s planned; the "
             f"{self.epochs - self.later_from_epoch} remaining epoch(s) take {self.later_steps_per_epoch} steps each "
@@ -157,6 +161,25 @@ def finish_seconds(test_images: int, per_eval_image: float, exporting: bool) -> 
     return seconds
 
 
+def most_steps(
+    available: float, validation_seconds: float, per_step: float, split_steps: int, steps_done: int = 0
+) -> tuple[int, int]:
+    """(epochs, steps per epoch) holding the most steps in `available` seconds: E epochs of equal
+    length, at most `split_steps` each, each followed by a validation; `steps_done` of the first
+    were already taken. (0, 0) when not even one step and a validation fit."""
+    best = (0, 0)
+    for epochs in range(1, 100_000):
+        if epochs * validation_seconds >= available:
+            break
+        affordable = steps_done + math.floor((available - epochs * validation_seconds) / per_step)
+        steps = min(epochs * split_steps, affordable)
+        if steps < epochs or steps <= (epochs - 1) * split_steps:
+            break  # fewer epochs hold as many steps with fewer validations
+        if (steps // epochs) * epochs > best[0] * best[1]:
+            best = (epochs, steps // epochs)
+    return best
+
+
 def plan_training(
     *,
     budget_seconds: float,
@@ -178,17 +201,8 @@ def plan_training(
     reserve = finish_seconds(test_images, measured.per_eval_image, exporting)
     safety = SAFETY_SECONDS + SAFETY_FRACTION * budget_seconds
     available = budget_seconds - safety - measured.elapsed - reserve  # for the remaining steps and validations
-    best_steps, best_epochs = 0, 0
-    for epochs in range(1, 100_000):
-        if epochs * validation_seconds >= available:
-            break
-        affordable = steps_done + math.floor((available - epochs * validation_seconds) / measured.per_step)
-        steps = min(epochs * steps_per_split_epoch, affordable)
-        if steps < epochs or steps <= (epochs - 1) * steps_per_split_epoch:
-            break  # fewer epochs hold as many steps with fewer validations
-        steps_per_epoch = steps // epochs
-        if steps_per_epoch * epochs > best_steps:
-            best_steps, best_epochs = steps_per_epoch * epochs, epochs
+    best_epochs, best_length = most_steps(available, validation_seconds, measured.per_step, steps_per_split_epoch, steps_done)
+    best_steps = best_epochs * best_length
     if best_steps <= steps_done:
         need = measured.elapsed + reserve + validation_seconds + safety + measured.per_step
         raise UserError(
@@ -212,33 +226,22 @@ def plan_training(
 
 
 def replan_remaining(plan: Plan, *, epochs_done: int, epoch_seconds: float, now: float, split_steps: int) -> Plan:
-    """The plan with its remaining epochs sized to end the job on time, given `epoch_seconds`, the
-    wall time of a whole epoch of `plan.steps_per_epoch` steps measured under it (validation,
+    """The plan with its remaining epochs re-planned to end the job on time, given `epoch_seconds`,
+    the wall time of a whole epoch of `plan.steps_per_epoch` steps measured under it (validation,
     backups and saving included), at job second `now`.
 
-    The measured epoch less the planned validation, per step, prices a step; the remaining epochs
-    keep their number and share what is left, each at most `split_steps` (a pass of the split).
-    Where that would shrink them below half their planned length, fewer, full-length epochs
-    are kept instead (an epoch's validation is what dropping one saves).
+    The measured epoch less the planned validation, per step, prices a step; the remaining time
+    then holds the most steps `most_steps` finds: usually the same number of epochs, shorter or
+    longer (at most `split_steps`, a pass of the split), more epochs where the first
+    measurement overestimated the step, fewer where one fewer validation buys more steps.
     """
-    remaining = plan.epochs - epochs_done
-    if remaining <= 0 or epoch_seconds <= 0:
+    if plan.epochs <= epochs_done or epoch_seconds <= 0:
         return plan
     safety = SAFETY_SECONDS + SAFETY_FRACTION * plan.budget_seconds
     available = plan.budget_seconds - safety - now - plan.finish_seconds
-    validation = plan.seconds_per_validation
-    per_step = max(epoch_seconds - validation, 1e-9) / plan.steps_per_epoch
-    kept = None
-    for epochs in range(remaining, 0, -1):
-        length = min(split_steps, math.floor((available / epochs - validation) / per_step))
-        if length >= plan.steps_per_epoch / 2:
-            kept = (epochs, length)
-            break
-    if kept is None:  # not even one half-length epoch fits: one epoch of what does, or none
-        length = min(split_steps, math.floor((available - validation) / per_step))
-        kept = (1, length) if length >= 1 else (0, 0)
-    epochs, length = kept
-    if epochs == remaining and length == plan.steps_per_epoch:
+    per_step = max(epoch_seconds - plan.seconds_per_validation, 1e-9) / plan.steps_per_epoch
+    epochs, length = most_steps(available, plan.seconds_per_validation, per_step, split_steps)
+    if epochs == plan.epochs - epochs_done and length == plan.steps_per_epoch:
         return plan
     replanned = replace(plan, epochs=epochs_done + epochs, later_from_epoch=epochs_done, later_steps_per_epoch=length)
     return replace(replanned, warmup_steps=max(0, min(plan.warmup_steps, replanned.total_steps - 1)))

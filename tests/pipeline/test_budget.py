@@ -199,18 +199,22 @@ def test_a_slower_epoch_shortens_the_remaining_epochs_instead_of_dropping_one():
     assert replanned.warmup_steps == plan.warmup_steps
 
 
-def test_a_faster_epoch_lengthens_the_remaining_epochs_up_to_a_pass_of_the_split():
+def test_a_faster_epoch_lengthens_the_remaining_epochs_to_a_pass_of_the_split_then_adds_epochs():
     plan = _plan()
+    # 40 s an epoch (0.0794 s a step), 3 done at 140.05 s: 376.95 s left. 7 to 9 epochs of a whole
+    # pass (468 steps) fit; 10 epochs share (376.95 - 30) / 0.0794 = 4,369 steps as 10 x 436, more
+    # than 9 x 468; 11 epochs would hold fewer.
     replanned = replan_remaining(plan, epochs_done=3, epoch_seconds=40.0, now=plan.planned_at + 120.0, split_steps=468)
-    assert (replanned.epochs, replanned.later_steps_per_epoch) == (10, 468)
+    assert (replanned.epochs, replanned.later_steps_per_epoch) == (13, 436)
+    assert _ends_by(replanned, 3, plan.planned_at + 120.0, (40.0 - 3) / 466) <= 600 - 23 - 60
 
 
-def test_a_much_slower_machine_keeps_fewer_epochs_of_at_least_half_length():
+def test_a_much_slower_machine_keeps_fewer_epochs_where_a_validation_less_buys_more_steps():
     plan = _plan()
-    # 100 s an epoch (0.2082 s a step), 3 done at 320 s: 197 s left. 7 epochs would be 120 steps
-    # each, 4 epochs 222, both under half of 466; 3 epochs of 301 steps fit.
+    # 100 s an epoch (0.2082 s a step), 3 done at 320 s: 197 s left. 7 epochs would share 845
+    # steps as 7 x 120; 2 epochs hold the most, 917 steps as 2 x 458 (one whole pass holds 468).
     replanned = replan_remaining(plan, epochs_done=3, epoch_seconds=100.0, now=320.0, split_steps=468)
-    assert (replanned.epochs, replanned.later_steps_per_epoch) == (6, 301)
+    assert (replanned.epochs, replanned.later_steps_per_epoch) == (5, 458)
     assert _ends_by(replanned, 3, 320.0, (100.0 - 3) / 466) <= 600 - 23 - 60
     # No time left for another epoch: the run ends with the epochs it has.
     ended = replan_remaining(plan, epochs_done=3, epoch_seconds=100.0, now=560.0, split_steps=468)
