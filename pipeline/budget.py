@@ -7,12 +7,14 @@ number of epochs and steps per epoch. The learning-rate schedule is then laid ov
 those steps, so warmup and decay end with the budget: Li, Yumer and Ramanan ("Budgeted
 Training", ICLR 2020) found that schedules decaying to zero at the budget's end work best.
 
-The plan is made once, agreed by every worker (the chief's measurements decide), checked once
-against the faster of the first two whole epochs run under it (whose clocks include backups
-and saving, which the first steps do not show), and saved with each backup, so a resumed run
-keeps the plan it had. The check re-plans the remaining epochs, their length (up to a pass of
-the split) and their number, to end on time: cutting whole epochs at every small overrun, and
-never adding any, left up to a quarter of short budgets unused (BENCHMARKS.md, table 4b).
+The plan is made once, agreed by every worker (the chief's measurements decide), and saved with
+each backup, so a resumed run keeps the plan it had (and re-plans no more: its clock started
+anew). From the second whole epoch under the plan on, every epoch's end re-plans the remaining
+epochs, their length (up to a pass of the split) and their number, on the step time of the last
+whole epochs, whose clocks include what the first steps do not show (backups, saving, a fresh
+input iterator). One early check that could only cut whole epochs left up to a quarter of short
+budgets unused (BENCHMARKS.md, table 4b); one that could also add epochs overran a 600 s budget
+by 1 s when later epochs ran 10% slower than the first.
 """
 
 from __future__ import annotations
@@ -92,16 +94,17 @@ class Plan:
     seconds_per_validation: float
     finish_seconds: float  # held back for the test evaluation, saving and export
     planned_at: float  # job seconds when the plan was made
-    # Set by the check (`replan_remaining`): epochs from `later_from_epoch` (0-based) on take
-    # `later_steps_per_epoch` steps; None until then (and in plans saved before the check existed).
-    later_from_epoch: int | None = None
-    later_steps_per_epoch: int | None = None
+    # Re-plans (`replan_remaining`), in order: (first 0-based epoch, its steps and those of the
+    # epochs after it); empty until the first check, and in plans saved before re-plans existed.
+    changes: tuple[tuple[int, int], ...] = ()
 
     def steps_in_epoch(self, epoch: int) -> int:
         """Steps of the 0-based `epoch`."""
-        if self.later_from_epoch is None or epoch < self.later_from_epoch:
-            return self.steps_per_epoch
-        return self.later_steps_per_epoch
+        steps = self.steps_per_epoch
+        for first_epoch, later_steps in self.changes:
+            if epoch >= first_epoch:
+                steps = later_steps
+        return steps
 
     def steps_before(self, epoch: int) -> int:
         """Steps of the epochs before the 0-based `epoch`."""
@@ -130,18 +133,13 @@ class Plan:
             f"{self.expected_end:.0f} s"
         )
 
-    def describe_replan(self, before: Plan, epoch_seconds: float) -> str:
-        planned = before.seconds_per_step * before.steps_per_epoch + before.seconds_per_validation
-        if self.epochs == self.later_from_epoch:
-            return (
-                f"time budget: a whole epoch took {epoch_seconds:.1f} s against {planned:.1f} s planned; no time is left "
-                f"for another epoch, so the run ends after {self.epochs}"
-            )
+    def describe_replan(self, before: Plan, epochs_done: int, seconds_per_step: float) -> str:
+        head = f"time budget: {seconds_per_step * 1000:.1f} ms/step over the last epochs (planned {self.seconds_per_step * 1000:.1f})"
+        if self.epochs == epochs_done:
+            return f"{head}; no time is left for another epoch, so the run ends after {self.epochs}"
         return (
-            f"time budget: a whole epoch took {epoch_seconds:.1f} s against {planned:.1f} s planned; the "
-            f"{self.epochs - self.later_from_epoch} remaining epoch(s) take {self.later_steps_per_epoch} steps each "
-            f"(planned {before.epochs - self.later_from_epoch} x {before.steps_per_epoch}), {self.total_steps} steps "
-            f"in all"
+            f"{head}; the {self.epochs - epochs_done} remaining epoch(s) take {self.steps_in_epoch(epochs_done)} steps "
+            f"each (were {before.epochs - epochs_done} x {before.steps_in_epoch(epochs_done)}), {self.total_steps} steps in all"
         )
 
     def to_json(self) -> str:
@@ -149,7 +147,11 @@ class Plan:
 
     @classmethod
     def from_json(cls, text: str) -> Plan | None:
-        return cls(**json.loads(text)) if text else None
+        if not text:
+            return None
+        fields = json.loads(text)
+        fields["changes"] = tuple(tuple(change) for change in fields.get("changes", ()))
+        return cls(**fields)
 
 
 def finish_seconds(test_images: int, per_eval_image: float, exporting: bool) -> float:
@@ -225,23 +227,22 @@ def plan_training(
     )
 
 
-def replan_remaining(plan: Plan, *, epochs_done: int, epoch_seconds: float, now: float, split_steps: int) -> Plan:
-    """The plan with its remaining epochs re-planned to end the job on time, given `epoch_seconds`,
-    the wall time of a whole epoch of `plan.steps_per_epoch` steps measured under it (validation,
-    backups and saving included), at job second `now`.
+def replan_remaining(plan: Plan, *, epochs_done: int, seconds_per_step: float, now: float, split_steps: int) -> Plan:
+    """The plan with its remaining epochs re-planned to end the job on time, at job second `now`,
+    with steps at `seconds_per_step` (measured on whole epochs under the plan: backups, saving and
+    a fresh input iterator included) and the planned validations.
 
-    The measured epoch less the planned validation, per step, prices a step; the remaining time
-    then holds the most steps `most_steps` finds: usually the same number of epochs, shorter or
-    longer (at most `split_steps`, a pass of the split), more epochs where the first
-    measurement overestimated the step, fewer where one fewer validation buys more steps.
+    The remaining time holds the most steps `most_steps` finds: usually as many epochs, shorter or
+    longer (at most `split_steps`, a pass of the split), more where the first measurement
+    overestimated the step, fewer where one validation less buys more steps.
     """
-    if plan.epochs <= epochs_done or epoch_seconds <= 0:
+    if plan.epochs <= epochs_done or seconds_per_step <= 0:
         return plan
     safety = SAFETY_SECONDS + SAFETY_FRACTION * plan.budget_seconds
     available = plan.budget_seconds - safety - now - plan.finish_seconds
-    per_step = max(epoch_seconds - plan.seconds_per_validation, 1e-9) / plan.steps_per_epoch
-    epochs, length = most_steps(available, plan.seconds_per_validation, per_step, split_steps)
-    if epochs == plan.epochs - epochs_done and length == plan.steps_per_epoch:
+    epochs, length = most_steps(available, plan.seconds_per_validation, seconds_per_step, split_steps)
+    if epochs == plan.epochs - epochs_done and length == plan.steps_in_epoch(epochs_done):
         return plan
-    replanned = replace(plan, epochs=epochs_done + epochs, later_from_epoch=epochs_done, later_steps_per_epoch=length)
+    kept = tuple(change for change in plan.changes if change[0] < epochs_done)
+    replanned = replace(plan, epochs=epochs_done + epochs, changes=(*kept, (epochs_done, length)))
     return replace(replanned, warmup_steps=max(0, min(plan.warmup_steps, replanned.total_steps - 1)))

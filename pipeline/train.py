@@ -358,10 +358,11 @@ class Trainer:
         on_backup: Callable[[LoopState], None],
         on_epoch_end: Callable[[EpochRecord, bool], None],
     ) -> LoopState:
-        plan_checked = state.plan is not None  # a resumed run keeps the plan it was saved with
+        # A resumed run keeps the plan it was saved with and re-plans no more: its job clock started anew.
+        replanning = state.plan is None
         if state.plan is not None:
             self._follow(state.plan, state.epoch)
-        planned_epoch_seconds: list[float] = []  # whole epochs run under the plan, backups and saving included
+        planned_epochs: list[tuple[float, int]] = []  # (wall seconds, steps) of whole epochs under the plan
         with self.stop_requests.catching_signals():
             while state.epoch < self.epochs:
                 planned_before_epoch, epoch_started = state.plan is not None, time.perf_counter()
@@ -373,12 +374,10 @@ class Trainer:
                 state.epoch, state.step_in_epoch = state.epoch + 1, 0
                 on_epoch_end(record, record.val_accuracy > best)
                 on_backup(state)
-                if self.budget and planned_before_epoch and not plan_checked:
-                    planned_epoch_seconds.append(time.perf_counter() - epoch_started)
-                    if len(planned_epoch_seconds) == self.PLAN_CHECK_EPOCHS or state.epoch == self.epochs:
-                        # The faster of the first whole epochs: a one-off slow epoch (another process)
-                        # does not cut the plan; what every epoch pays still shows. The next backup holds it.
-                        state.plan, plan_checked = self._checked_plan(state, min(planned_epoch_seconds)), True
+                if self.budget and replanning and planned_before_epoch:
+                    planned_epochs.append((time.perf_counter() - epoch_started, self.steps_per_epoch))
+                    if len(planned_epochs) >= self.PLAN_CHECK_EPOCHS:  # the next backup holds the new plan
+                        state.plan = self._replanned(state, planned_epochs[-self.PRICE_EPOCHS :], len(planned_epochs))
         return state
 
     def _run_epoch(self, state, train_dataset_fn, validation, on_backup) -> EpochRecord:
@@ -437,22 +436,28 @@ class Trainer:
         logger.info("%s", plan.describe())
         return plan
 
-    PLAN_CHECK_EPOCHS = 2  # whole epochs under a budget's plan before it is checked
+    PLAN_CHECK_EPOCHS = 2  # whole epochs under a budget's plan before the first re-plan
+    PRICE_EPOCHS = 3  # the last whole epochs whose mean step time prices the remaining steps
 
-    def _checked_plan(self, state: LoopState, epoch_seconds: float) -> Plan:
-        """The plan against the first whole epochs run under it, whose clock includes what the plan
-        could not see (backups, saving the best weights, a fresh input iterator): the remaining
-        epochs shortened or lengthened to end on time (`replan_remaining`)."""
-        measured = self._chiefs(np.array([epoch_seconds, job_seconds()]))
+    def _replanned(self, state: LoopState, recent: list[tuple[float, int]], epochs_measured: int) -> Plan:
+        """The plan with its remaining epochs re-planned (`replan_remaining`) on the step time of the
+        `recent` whole epochs (wall seconds, steps), less their planned validations; logged at the
+        first re-plan and where the number of epochs changes."""
         plan = state.plan
+        training_seconds = sum(seconds - plan.seconds_per_validation for seconds, _ in recent)
+        seconds_per_step = max(training_seconds, 1e-9) / sum(steps for _, steps in recent)
+        measured = self._chiefs(np.array([seconds_per_step, job_seconds()]))
         replanned = replan_remaining(
-            plan, epochs_done=state.epoch, epoch_seconds=float(measured[0]), now=float(measured[1]),
+            plan, epochs_done=state.epoch, seconds_per_step=float(measured[0]), now=float(measured[1]),
             split_steps=self.split_steps_per_epoch,
         )  # fmt: skip
+        first = epochs_measured == self.PLAN_CHECK_EPOCHS
         if replanned == plan:
-            logger.info("time budget: a whole epoch took %.1f s; keeping the plan's %d epochs", measured[0], plan.epochs)
+            if first:
+                logger.info("time budget: %.1f ms/step over whole epochs; keeping the plan", 1000 * measured[0])
             return plan
-        logger.info("%s", replanned.describe_replan(plan, float(measured[0])))
+        log = logging.INFO if first or replanned.epochs != plan.epochs else logging.DEBUG
+        logger.log(log, "%s", replanned.describe_replan(plan, state.epoch, float(measured[0])))
         self._follow(replanned, state.epoch)
         return replanned
 

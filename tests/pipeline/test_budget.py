@@ -99,7 +99,7 @@ def test_the_schedule_is_keras_cosine_decay_and_ends_at_zero_after_new_lengths_a
     "later, steps_last_epoch, total_steps, steps_run",
     [
         ({}, 2, 6, 3),  # step 2 of epoch 2, then epoch 3's 2 steps
-        ({"later_from_epoch": 2, "later_steps_per_epoch": 3}, 3, 7, 4),  # re-planned: epoch 3 has 3 steps
+        ({"changes": ((2, 3),)}, 3, 7, 4),  # re-planned: epoch 3 has 3 steps
     ],
 )
 def test_a_backup_keeps_the_plan_and_a_resumed_trainer_follows_it_without_planning_again(
@@ -181,7 +181,7 @@ def _ends_by(plan: Plan, epochs_done: int, now: float, per_step: float) -> float
 def test_a_check_on_schedule_keeps_the_plan_within_a_step():
     plan = _plan()  # 10 epochs of 466 steps at 0.1 s and a 3 s validation: 49.6 s each
     now = plan.planned_at + 3 * 49.6
-    replanned = replan_remaining(plan, epochs_done=3, epoch_seconds=49.6, now=now, split_steps=468)
+    replanned = replan_remaining(plan, epochs_done=3, seconds_per_step=0.1, now=now, split_steps=468)
     assert replanned.epochs == 10
     assert abs(replanned.steps_in_epoch(5) - 466) <= 1  # the plan's own rounding: 466.9 steps fitted
 
@@ -191,8 +191,8 @@ def test_a_slower_epoch_shortens_the_remaining_epochs_instead_of_dropping_one():
     # 5% slower: 52.08 s an epoch, 3 done at 176.29 s; 600 - 23 - 176.29 - 60 = 340.71 s for 7
     # epochs: 48.67 s each less the 3 s validation at (52.08 - 3) / 466 = 0.1053 s a step: 433 steps.
     now = plan.planned_at + 3 * 52.08
-    replanned = replan_remaining(plan, epochs_done=3, epoch_seconds=52.08, now=now, split_steps=468)
-    assert (replanned.epochs, replanned.later_from_epoch, replanned.later_steps_per_epoch) == (10, 3, 433)
+    replanned = replan_remaining(plan, epochs_done=3, seconds_per_step=(52.08 - 3) / 466, now=now, split_steps=468)
+    assert (replanned.epochs, replanned.changes) == (10, ((3, 433),))
     assert [replanned.steps_in_epoch(epoch) for epoch in (0, 2, 3, 9)] == [466, 466, 433, 433]
     assert replanned.total_steps == 3 * 466 + 7 * 433
     assert _ends_by(replanned, 3, now, (52.08 - 3) / 466) <= 600 - 23 - 60
@@ -204,8 +204,8 @@ def test_a_faster_epoch_lengthens_the_remaining_epochs_to_a_pass_of_the_split_th
     # 40 s an epoch (0.0794 s a step), 3 done at 140.05 s: 376.95 s left. 7 to 9 epochs of a whole
     # pass (468 steps) fit; 10 epochs share (376.95 - 30) / 0.0794 = 4,369 steps as 10 x 436, more
     # than 9 x 468; 11 epochs would hold fewer.
-    replanned = replan_remaining(plan, epochs_done=3, epoch_seconds=40.0, now=plan.planned_at + 120.0, split_steps=468)
-    assert (replanned.epochs, replanned.later_steps_per_epoch) == (13, 436)
+    replanned = replan_remaining(plan, epochs_done=3, seconds_per_step=(40.0 - 3) / 466, now=plan.planned_at + 120.0, split_steps=468)
+    assert (replanned.epochs, replanned.changes) == (13, ((3, 436),))
     assert _ends_by(replanned, 3, plan.planned_at + 120.0, (40.0 - 3) / 466) <= 600 - 23 - 60
 
 
@@ -213,18 +213,30 @@ def test_a_much_slower_machine_keeps_fewer_epochs_where_a_validation_less_buys_m
     plan = _plan()
     # 100 s an epoch (0.2082 s a step), 3 done at 320 s: 197 s left. 7 epochs would share 845
     # steps as 7 x 120; 2 epochs hold the most, 917 steps as 2 x 458 (one whole pass holds 468).
-    replanned = replan_remaining(plan, epochs_done=3, epoch_seconds=100.0, now=320.0, split_steps=468)
-    assert (replanned.epochs, replanned.later_steps_per_epoch) == (5, 458)
+    replanned = replan_remaining(plan, epochs_done=3, seconds_per_step=(100.0 - 3) / 466, now=320.0, split_steps=468)
+    assert (replanned.epochs, replanned.changes) == (5, ((3, 458),))
     assert _ends_by(replanned, 3, 320.0, (100.0 - 3) / 466) <= 600 - 23 - 60
     # No time left for another epoch: the run ends with the epochs it has.
-    ended = replan_remaining(plan, epochs_done=3, epoch_seconds=100.0, now=560.0, split_steps=468)
+    ended = replan_remaining(plan, epochs_done=3, seconds_per_step=(100.0 - 3) / 466, now=560.0, split_steps=468)
     assert (ended.epochs, ended.total_steps) == (3, 3 * 466)
+
+
+def test_a_later_re_plan_keeps_the_lengths_of_epochs_already_run():
+    plan = _plan()
+    first = replan_remaining(plan, epochs_done=3, seconds_per_step=(52.08 - 3) / 466, now=plan.planned_at + 3 * 52.08, split_steps=468)
+    # Epochs 4 and 5 ran at 433 steps, then steps got 10% dearer: epochs 6 on are re-planned, 4-5 stay.
+    now = plan.planned_at + 3 * 52.08 + 2 * (433 * 0.1053 + 3)
+    second = replan_remaining(first, epochs_done=5, seconds_per_step=1.1 * 0.1053, now=now, split_steps=468)
+    assert second.changes[0] == (3, 433) and second.changes[1][0] == 5 and second.changes[1][1] < 433
+    assert [second.steps_in_epoch(epoch) for epoch in (2, 3, 4)] == [466, 433, 433]
+    assert _ends_by(second, 5, now, 1.1 * 0.1053) <= 600 - 23 - 60
 
 
 def test_a_replanned_plan_survives_json_and_a_plan_saved_before_replanning_existed_loads():
     plan = _plan()
-    replanned = replan_remaining(plan, epochs_done=3, epoch_seconds=52.08, now=176.29, split_steps=468)
-    assert Plan.from_json(replanned.to_json()) == replanned
+    replanned = replan_remaining(plan, epochs_done=3, seconds_per_step=0.1053, now=176.29, split_steps=468)
+    again = replan_remaining(replanned, epochs_done=5, seconds_per_step=0.11, now=276.0, split_steps=468)
+    assert len(again.changes) == 2 and Plan.from_json(again.to_json()) == again
     older = json.loads(plan.to_json())
-    del older["later_from_epoch"], older["later_steps_per_epoch"]
+    del older["changes"]
     assert Plan.from_json(json.dumps(older)) == plan
