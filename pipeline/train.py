@@ -16,7 +16,6 @@ where a small model's step is a few milliseconds.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import math
 import signal
