@@ -7,7 +7,6 @@ Findings section is `bench/findings.md`, kept by hand, included as it is.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -322,11 +321,7 @@ def _budget_check(check: dict[str, Any] | None) -> list[str]:
         return []
     if check["returncode"] != 0:
         return [f"Budget check (`{check['command']}`): exit {check['returncode']} (log `{check['log']}`).\n"]
-    fields = dict(check["plan"])
-    if "later_from_epoch" in fields:  # measured at f403798, whose one re-plan had these two fields
-        first_epoch, steps = fields.pop("later_from_epoch"), fields.pop("later_steps_per_epoch")
-        fields["changes"] = [] if first_epoch is None else [[first_epoch, steps]]
-    plan = Plan.from_json(json.dumps(fields))
+    plan = Plan.from_dict(check["plan"])
     replanned = (
         f"; re-planned {len(plan.changes)} time(s), the last epoch {plan.steps_in_epoch(plan.epochs - 1)} steps"
         if plan.changes else ""

@@ -147,11 +147,12 @@ class Plan:
 
     @classmethod
     def from_json(cls, text: str) -> Plan | None:
-        if not text:
-            return None
-        fields = json.loads(text)
-        fields["changes"] = tuple(tuple(change) for change in fields.get("changes", ()))
-        return cls(**fields)
+        return cls.from_dict(json.loads(text)) if text else None
+
+    @classmethod
+    def from_dict(cls, fields: dict) -> Plan:
+        """A plan from `asdict`'s fields (JSON turns `changes` into lists)."""
+        return cls(**{**fields, "changes": tuple(tuple(change) for change in fields.get("changes", ()))})
 
 
 def finish_seconds(test_images: int, per_eval_image: float, exporting: bool) -> float:
@@ -161,6 +162,16 @@ def finish_seconds(test_images: int, per_eval_image: float, exporting: bool) -> 
     if exporting:
         seconds += EXPORT_CONVERSION_SECONDS + EXPORT_TEST_PASSES * test_pass
     return seconds
+
+
+def safety_seconds(budget_seconds: float) -> float:
+    return SAFETY_SECONDS + SAFETY_FRACTION * budget_seconds
+
+
+def seconds_left(budget_seconds: float, *, now: float, finish: float) -> float:
+    """What the budget leaves for training and validation at job second `now`, after the safety
+    margin and `finish` seconds kept for the test evaluation and export."""
+    return budget_seconds - safety_seconds(budget_seconds) - now - finish
 
 
 def most_steps(
@@ -201,12 +212,11 @@ def plan_training(
     """
     validation_seconds = validation_images * measured.per_eval_image
     reserve = finish_seconds(test_images, measured.per_eval_image, exporting)
-    safety = SAFETY_SECONDS + SAFETY_FRACTION * budget_seconds
-    available = budget_seconds - safety - measured.elapsed - reserve  # for the remaining steps and validations
+    available = seconds_left(budget_seconds, now=measured.elapsed, finish=reserve)  # for the steps and validations
     best_epochs, best_length = most_steps(available, validation_seconds, measured.per_step, steps_per_split_epoch, steps_done)
     best_steps = best_epochs * best_length
     if best_steps <= steps_done:
-        need = measured.elapsed + reserve + validation_seconds + safety + measured.per_step
+        need = measured.elapsed + reserve + validation_seconds + safety_seconds(budget_seconds) + measured.per_step
         raise UserError(
             f"train.time_budget {budget_seconds:.0f} s is too small: {measured.elapsed:.0f} s went to start-up and "
             f"measuring, one validation takes {validation_seconds:.1f} s and the test evaluation"
@@ -238,8 +248,7 @@ def replan_remaining(plan: Plan, *, epochs_done: int, seconds_per_step: float, n
     """
     if plan.epochs <= epochs_done or seconds_per_step <= 0:
         return plan
-    safety = SAFETY_SECONDS + SAFETY_FRACTION * plan.budget_seconds
-    available = plan.budget_seconds - safety - now - plan.finish_seconds
+    available = seconds_left(plan.budget_seconds, now=now, finish=plan.finish_seconds)
     epochs, length = most_steps(available, plan.seconds_per_validation, seconds_per_step, split_steps)
     if epochs == plan.epochs - epochs_done and length == plan.steps_in_epoch(epochs_done):
         return plan
